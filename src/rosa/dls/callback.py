@@ -1,0 +1,60 @@
+"""Drive a :class:`DynamicLayerSelector` inside ``transformers.Trainer``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from rosa.config import DLSConfig
+from rosa.dls.selector import DynamicLayerSelector
+from rosa.errors import RoSAError
+from rosa.serialization import atomic_write_json
+
+STATE_NAME = "dls_state.json"
+
+
+class DLSCallback(TrainerCallback):
+    """Creates the selector at ``on_train_begin`` — after the Trainer has built its optimizer.
+
+    Creating it there (never earlier) is what keeps every adapter parameter inside the optimizer:
+    a selector that froze layers before the optimizer existed would exclude them forever, the bug
+    reported for layer-sampling peers. ``on_train_begin`` also checks that guarantee explicitly.
+    Selections happen in ``on_pre_optimizer_step``, once per optimizer step whatever the gradient
+    accumulation. The selector's state is written into every checkpoint and read back on resume.
+    """
+
+    def __init__(self, config: DLSConfig | None = None):
+        self.config = config or DLSConfig()
+        self.selector: DynamicLayerSelector | None = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if optimizer is None:
+            raise RoSAError("DLSCallback needs the Trainer's optimizer at train begin; use a transformers.Trainer.")
+        self.selector = DynamicLayerSelector(model, self.config)
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        absent = [g.index for g in self.selector.groups for p in g.adapter_parameters if id(p) not in in_optimizer]
+        if absent:
+            raise RoSAError(
+                f"the optimizer does not hold the adapter parameters of layers {sorted(set(absent))}; DLS "
+                "would never train them. Build the optimizer from all adapter parameters before selecting."
+            )
+        if state.global_step > 0:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_NAME
+            if not checkpoint.is_file():
+                raise RoSAError(
+                    f"resuming at step {state.global_step} but {checkpoint} is missing, so the DLS selection "
+                    "sequence cannot continue exactly. Resume from a checkpoint written with DLSCallback."
+                )
+            self.selector.load_state_dict(json.loads(checkpoint.read_text()))
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.selector.step()
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        atomic_write_json(checkpoint / STATE_NAME, self.selector.state_dict())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.selector.remove()

@@ -1,0 +1,96 @@
+"""Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors``, never pickle.
+
+Tensors are keyed by decoder-layer index (``layers.3.q.A.weight``) rather than by the family's
+module path, and the JSON records the base geometry so a mismatched base fails before any
+tensor is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rosa.errors import AdapterLoadError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT = "rosa-roae"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename, so a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_adapter(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"format": FORMAT})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_json(directory / CONFIG_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION, **header})
+
+
+def read_adapter_header(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise AdapterLoadError(
+            f"no {CONFIG_NAME} in '{directory}': not a RoSA adapter directory. Pass the directory that "
+            "RoSAModel.save_pretrained wrote."
+        )
+    try:
+        header = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterLoadError(f"{path} is not valid JSON ({err}); the adapter is corrupted, save it again.") from err
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("peft_type") or header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise AdapterLoadError(
+            f"{path} is not a RoSA adapter (format={found!r}, expected {FORMAT!r}). PEFT adapters load with "
+            "peft.PeftModel.from_pretrained."
+        )
+    if header.get("format_version") != FORMAT_VERSION:
+        raise AdapterLoadError(
+            f"{path} has format_version {header.get('format_version')!r}; this rosa reads version "
+            f"{FORMAT_VERSION}. Upgrade rosa."
+        )
+    return header
+
+
+def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise AdapterLoadError(f"no {WEIGHTS_NAME} in '{directory}'; the adapter directory is incomplete.")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise AdapterLoadError(
+            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupted. Restore it "
+            "from a good copy or save the adapter again."
+        ) from err
