@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny randomly initialised models of every RoPE family, and the real assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ROSA_SHARED_DIR", REPO.parent / "shared"))
+STORIES = SHARED / "models" / "stories260K-hf"
+TINYSTORIES = SHARED / "models" / "TinyStories-656K"
+DATA = SHARED / "data" / "llm-adapters"
+
+VOCAB = 97
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    initializer_range=0.2,  # large enough that attention patterns, and so adapters, matter
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+# family -> (config class, extra config, fraction of each head that RoPE rotates)
+FAMILIES = {
+    "llama": (T.LlamaConfig, dict(num_key_value_heads=2), 1.0),
+    "mistral": (T.MistralConfig, dict(num_key_value_heads=2), 1.0),
+    "qwen2": (T.Qwen2Config, dict(num_key_value_heads=2), 1.0),
+    "qwen3": (T.Qwen3Config, dict(num_key_value_heads=2, head_dim=16), 1.0),
+    "gemma": (T.GemmaConfig, dict(num_key_value_heads=2, head_dim=16), 1.0),
+    "gemma2": (T.Gemma2Config, dict(num_key_value_heads=2, head_dim=16), 1.0),
+    "phi3": (T.Phi3Config, dict(num_key_value_heads=2), 1.0),
+    "olmo2": (T.Olmo2Config, dict(num_key_value_heads=2), 1.0),
+    "granite": (T.GraniteConfig, dict(num_key_value_heads=2), 1.0),
+    "phi": (T.PhiConfig, dict(partial_rotary_factor=0.5), 0.5),
+    "gpt_neox": (T.GPTNeoXConfig, dict(rotary_pct=0.5), 0.5),
+}
+
+
+def tiny_config(family: str, **overrides):
+    cls, extra, _ = FAMILIES[family]
+    return cls(**{**COMMON, **extra, **overrides})
+
+
+def tiny_model(family: str, attn: str = "eager", seed: int = 0, dtype=torch.float32, **overrides):
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(tiny_config(family, **overrides), attn_implementation=attn)
+    return model.to(dtype).eval()
+
+
+def randomize_adapters(model, std: float = 0.5, seed: int = 1) -> None:
+    """Give every RoAE B a non-zero value so the adapter changes the model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in model.adapters.values():
+            for signal in adapter.signals.values():
+                signal.B.weight.copy_(torch.randn(signal.B.weight.shape, generator=generator) * std)
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests need the project's ../shared assets (see README).")
+    return path
+
+
+@pytest.fixture
+def tokens():
+    return torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(7))
