@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -35,6 +36,9 @@ class RoSAModel(nn.Module):
         for parameter in base_model.parameters():
             parameter.requires_grad_(False)
         self.geometry, self.adapters, self.nope_layers = inject_roae(base_model, config)
+        # Trainer (and other tools) read forward's signature to choose dataset columns; expose the
+        # base model's instead of (*args, **kwargs), as peft.PeftModel does.
+        self.forward = functools.wraps(base_model.forward)(functools.partial(type(self).forward, self))
 
     # Attribute access falls through to the base model, like peft.PeftModel.
     def __getattr__(self, name: str) -> Any:
