@@ -249,3 +249,21 @@ def test_dls_on_peft_lora_and_dora(use_dora, mode):
     train_step(model, selector, optimizer, 1)
     assert all(identical(before[i], snapshot(selector, optimizer, i)) for i in unselected)
     assert all(torch.equal(p, norms_before[n]) for n, p in model.named_parameters() if "norm" in n)
+
+
+def test_freeze_mode_under_gradient_checkpointing_matches_plain_training():
+    def run(checkpointing: bool):
+        model = rosa_model()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        selector = DynamicLayerSelector(model, DLSConfig(warmup=1, interval=2, p_exploit=0.5, mode="freeze", seed=4))
+        optimizer = adamw(model)
+        for step in range(6):
+            train_step(model, selector, optimizer, step)
+        return selector.history, {n: p.detach().clone() for n, p in model.adapter_parameters().items()}
+
+    plain_history, plain_weights = run(False)
+    checkpointed_history, checkpointed_weights = run(True)
+    assert [r["selected"] for r in checkpointed_history] == [r["selected"] for r in plain_history]
+    for name, weight in plain_weights.items():
+        torch.testing.assert_close(checkpointed_weights[name], weight, rtol=1e-5, atol=1e-6)

@@ -112,3 +112,27 @@ def test_from_pretrained_is_trainable_on_request(tmp_path):
     get_rosa_model(tiny_model("llama")).save_pretrained(tmp_path)
     model = RoSAModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)
     assert all(p.requires_grad for p in model.adapter_parameters().values())
+
+
+def test_nope_layers_are_left_out_and_reported(tokens):
+    import transformers as T
+
+    config = T.SmolLM3Config(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, no_rope_layers=[1, 0, 1], pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    model = get_rosa_model(T.AutoModelForCausalLM.from_config(config).eval())
+    assert sorted(model.adapters) == [0, 2] and model.nope_layers == [1]
+    randomize_adapters(model)
+    with torch.no_grad():
+        model(tokens)  # every adapted block applied RoPE, so no adapter was silently skipped
+
+
+def test_a_failing_forward_leaves_no_adapter_active(tokens):
+    from rosa.roae.rotary_hook import _ACTIVE
+
+    model = get_rosa_model(tiny_model("llama"))
+    attention = model.base_model.model.layers[0].self_attn
+    with pytest.raises(Exception):
+        attention(hidden_states=torch.zeros(1, 4, 64), position_embeddings=None, attention_mask=None)
+    assert _ACTIVE.get() is None

@@ -14,7 +14,6 @@ from rosa.config import RoSAConfig
 from rosa.errors import AdapterLoadError
 from rosa.roae.frequencies import rotary_spec
 from rosa.roae.inject import BaseGeometry, base_geometry, inject_roae, remove_roae
-from rosa.roae.layer import RoAE
 from rosa.serialization import read_adapter_header, read_adapter_tensors, save_adapter
 from rosa.version import __version__
 
@@ -174,5 +173,3 @@ def get_rosa_model(base_model: nn.Module, config: RoSAConfig | None = None) -> R
     """Freeze ``base_model`` and inject RoAE; the PEFT-style entry point."""
     return RoSAModel(base_model, config or RoSAConfig())
 
-
-__all__ = ["RoSAModel", "get_rosa_model", "RoAE"]

@@ -50,9 +50,10 @@ def _wrap(original):
         active = _ACTIVE.get()
         if active is None or not active.adapter.enabled:
             return q, k
-        bound = signature.bind(q, k, cos, sin, *args, **kwargs)
-        bound.apply_defaults()
-        heads_axis = bound.arguments.get("unsqueeze_dim", 1)
+        heads_axis = 1  # the default of every transformers family: states are [batch, heads, seq, dim]
+        if args or kwargs:
+            bound = signature.bind(q, k, cos, sin, *args, **kwargs)
+            heads_axis = bound.arguments.get("unsqueeze_dim", 1)
         adapter = active.adapter
         if "q" in adapter.heads:
             q = adapter.modulate("q", q, active.hidden, heads_axis)
