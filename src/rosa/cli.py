@@ -43,14 +43,13 @@ def _info(args: argparse.Namespace) -> int:
     model = get_rosa_model(base, config)
     g = model.geometry
     stack = find_decoder_stack(base)
-    trainable, total = model.get_nb_trainable_parameters()
     print(f"model type          {g.model_type}  ({g.num_hidden_layers} layers, hidden {g.hidden_size})")
     print(f"heads               {g.num_attention_heads} query / {g.num_key_value_heads} key-value, head dim {g.head_dim}")
     print(f"rotary pairs        {g.rotary_pairs} (rotary dims {2 * g.rotary_pairs} of {g.head_dim})")
     print(f"low-frequency pairs {list(g.low_frequency_pairs)}  (r_low={config.r_low})")
     print(f"adapted layers      {sorted(model.adapters)}" + (f"; NoPE layers left out: {model.nope_layers}" if model.nope_layers else ""))
     print(f"DLS norms per layer {list(block_norms(stack.layers[0]))}")
-    print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+    model.print_trainable_parameters()
     return 0
 
 
