@@ -15,3 +15,7 @@ class UnsupportedModelError(RoSAError):
 
 class AdapterLoadError(RoSAError):
     """A saved adapter is missing, corrupted, foreign, or made for another base model."""
+
+
+class DataError(RoSAError, ValueError):
+    """A data file or dataset name is missing, malformed, or does not match its published checksum."""

@@ -1,0 +1,5 @@
+import sys
+
+from rosa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""``rosa train``: fine-tune with RoSA or a baseline; a YAML config plus command-line overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+from rosa.train.config import METHODS
+
+# flag -> dotted config field; flags left unset keep the YAML value (or the default)
+SHORTCUTS = {
+    "model": "model",
+    "method": "method",
+    "data": "data",
+    "data_dir": "data_dir",
+    "output_dir": "output_dir",
+    "seed": "seed",
+    "precision": "precision",
+    "match_params": "match_params",
+    "lr": "training.lr",
+    "epochs": "training.epochs",
+    "max_steps": "training.max_steps",
+    "max_samples": "training.max_samples",
+    "batch_size": "training.batch_size",
+    "micro_batch_size": "training.micro_batch_size",
+}
+
+
+def add_parser(commands, name: str) -> None:
+    parser = commands.add_parser(
+        name,
+        help="fine-tune a causal LM with RoSA or a baseline on LLM-Adapters-format data",
+        description="Settings come from --config (YAML), then the flags below, then --set; the resolved "
+        "configuration is saved as config.yaml in the run directory.",
+    )
+    parser.add_argument("--config", help="YAML file with the experiment configuration")
+    parser.add_argument("--model", help="base model: local directory or Hugging Face id")
+    parser.add_argument("--method", choices=METHODS, help="rosa (RoAE + DLS, default), roae, lora, dora, pissa, lora-dls")
+    parser.add_argument("--data", help="a .json file or a known name (commonsense_15k, math_10k, commonsense_mix, math_mix, a task)")
+    parser.add_argument("--data-dir", help="where known names resolve (else $ROSA_DATA_DIR, else ../shared/data/llm-adapters)")
+    parser.add_argument("--output-dir", help="the run directory (refused if it exists, unless --overwrite)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--match-params", metavar="RUN_OR_METHOD", help="choose this method's rank to match the trainable parameters of a run directory or a method")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-samples", type=int, help="train on a seeded random subset of this many records")
+    parser.add_argument("--batch-size", type=int, help="effective batch size (LLM-Adapters: 16)")
+    parser.add_argument("--micro-batch-size", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="any config field, e.g. --set rosa.targets=[q,k] --set dls.mode=freeze (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rosa.train.config import load_config, parse_assignment
+    from rosa.train.recipe import train
+
+    overrides = {field: getattr(args, flag) for flag, field in SHORTCUTS.items() if getattr(args, flag) is not None}
+    if args.trust_remote_code:
+        overrides["trust_remote_code"] = True
+    overrides.update(parse_assignment(text) for text in args.set)
+    config = load_config(args.config, overrides)
+    summary = train(config, overwrite=args.overwrite)
+    if summary:
+        print(f"trained {summary['steps']} steps in {summary['train_runtime_s']:.1f} s, mean loss {summary['train_loss']:.4f}")
+        print(f"adapter saved in {config.output_dir}/adapter; evaluate with: rosa eval {config.output_dir}")
+    return 0

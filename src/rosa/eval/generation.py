@@ -1,0 +1,57 @@
+"""Batched generation that gives every prompt exactly the answer it would get alone.
+
+Upstream's batched commonsense evaluation left-pads without an attention mask, so padding leaks
+into attention and answers change with the batch (LLM-Adapters issue #61); peers therefore evaluate
+one item at a time. Here prompts are left-padded *with* their attention mask, and generate() derives
+position ids from that mask, so a padded row computes what it would compute alone; tests compare
+batched and single-item predictions string for string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from rosa.data.prompts import response_of
+
+# Upstream builds GenerationConfig(temperature=0.1, top_p=0.75, top_k=40, num_beams=4) and never
+# sets do_sample, so its decoding is deterministic 4-beam search; the sampling knobs are inert.
+DECODINGS = {"beam4": {"num_beams": 4}, "greedy": {"num_beams": 1}}
+MAX_NEW_TOKENS = {"commonsense": 32, "math": 256}
+
+
+def generation_config(decoding: str, max_new_tokens: int, tokenizer: Any) -> GenerationConfig:
+    if decoding not in DECODINGS:
+        raise ValueError(f"unknown decoding {decoding!r}; choose one of {sorted(DECODINGS)}")
+    return GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **DECODINGS[decoding],
+    )
+
+
+@torch.no_grad()
+def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[str], config: GenerationConfig) -> list[str]:
+    """The scored response of each prompt: decode prompt + generation, keep what follows the header."""
+    tokenizer.padding_side = "left"
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    device = next(model.parameters()).device
+    batch = {name: tensor.to(device) for name, tensor in batch.items()}
+    sequences = model.generate(**batch, generation_config=config)
+    width = batch["input_ids"].shape[1]
+    responses = []
+    for row, mask in enumerate(batch["attention_mask"]):
+        prompt_ids = batch["input_ids"][row][mask.bool()]
+        new_ids = sequences[row, width:]
+        stops = (new_ids == tokenizer.eos_token_id).nonzero()
+        if len(stops):
+            new_ids = new_ids[: stops[0, 0]]
+        decoded = tokenizer.decode(torch.cat([prompt_ids, new_ids]), skip_special_tokens=True)
+        responses.append(response_of(decoded))
+    return responses

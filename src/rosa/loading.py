@@ -1,0 +1,96 @@
+"""Load a base model, its tokenizer, and a saved adapter (RoSA or PEFT) onto it, without pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rosa.errors import AdapterLoadError
+from rosa.serialization import CONFIG_NAME, FORMAT, WEIGHTS_NAME
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on a GPU that supports it (the usual choice for fine-tuning) and fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def check_model_path(name_or_path: str) -> None:
+    """A path-like name that does not exist is a typo, not a hub id: say so before transformers tries the hub."""
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"model directory '{name_or_path}' does not exist; pass a local model directory or a hub id.")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer with a pad token that is never a real word.
+
+    Upstream sets ``pad_token_id = 0`` (LLaMA's ``<unk>``); we take the tokenizer's own pad token,
+    else its unk token, else EOS. Padding is always masked, so the choice cannot change outputs.
+    """
+    from transformers import AutoTokenizer
+
+    check_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(
+    name_or_path: str, *, precision: str = "auto", device: torch.device | None = None, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    check_model_path(name_or_path)
+    device = device or default_device()
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=resolve_dtype(precision, device), trust_remote_code=trust_remote_code
+    )
+    return model.to(device)
+
+
+def adapter_kind(path: str | os.PathLike) -> str:
+    """``"rosa"`` or ``"peft"``, read from ``adapter_config.json``."""
+    config_file = Path(path) / CONFIG_NAME
+    if not config_file.is_file():
+        raise AdapterLoadError(f"'{path}' holds no {CONFIG_NAME}; pass a directory written by save_pretrained or `rosa train`.")
+    try:
+        header = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise AdapterLoadError(f"{config_file} is not valid JSON ({err}); the adapter is corrupted.") from err
+    if isinstance(header, dict) and header.get("format") == FORMAT:
+        return "rosa"
+    if isinstance(header, dict) and "peft_type" in header:
+        return "peft"
+    raise AdapterLoadError(f"{config_file} is neither a RoSA nor a PEFT adapter config.")
+
+
+def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> torch.nn.Module:
+    """Put a saved RoSA or PEFT adapter on ``base_model``; PEFT adapters only from safetensors."""
+    if adapter_kind(path) == "rosa":
+        from rosa.model import RoSAModel
+
+        return RoSAModel.from_pretrained(base_model, path, is_trainable=is_trainable)
+    from peft import PeftModel
+
+    if not (Path(path) / WEIGHTS_NAME).is_file():
+        raise AdapterLoadError(
+            f"'{path}' has no adapter_model.safetensors. rosa loads adapters only from safetensors (a .bin "
+            "file is a pickle and can run code); re-save the adapter with safe_serialization=True."
+        )
+    return PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable)

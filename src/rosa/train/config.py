@@ -1,0 +1,193 @@
+"""The experiment configuration of ``rosa train``: YAML file, then command-line overrides, resolved.
+
+A run directory stores the *resolved* configuration (``config.yaml``: every default filled in, the
+learning rate and, with ``--match-params``, the rank chosen), so a run can be repeated or compared
+from its directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rosa.config import DLSConfig, RoSAConfig
+from rosa.errors import RoSAConfigError
+from rosa.loading import PRECISIONS
+
+# Learning rates when none is given: the paper's 1e-3 for RoAE; LLM-Adapters' 3e-4 for LoRA (and
+# for PiSSA and LoRA+DLS, which share its adapter); 2e-4 for DoRA, its authors' LLaMA-7B setting.
+METHOD_LEARNING_RATES = {"rosa": 1e-3, "roae": 1e-3, "lora": 3e-4, "lora-dls": 3e-4, "pissa": 3e-4, "dora": 2e-4}
+METHODS = tuple(METHOD_LEARNING_RATES)
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA-family baselines; defaults are LLM-Adapters' released commands (r 32, alpha 64)."""
+
+    r: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+
+    def __post_init__(self):
+        self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        _check(isinstance(self.r, int) and self.r >= 1, f"lora.r must be a positive integer, got {self.r!r}")
+        _check(0.0 <= float(self.dropout) < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        _check(bool(self.targets), "lora.targets must name at least one module, e.g. [q_proj, v_proj]")
+
+
+@dataclass
+class TrainingSettings:
+    """Optimisation; defaults are LLM-Adapters' (effective batch 16, 3 epochs, cutoff 256, 100 warm-up steps)."""
+
+    lr: float | None = None
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 16
+    micro_batch_size: int = 4
+    cutoff_len: int = 256
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    train_on_inputs: bool = True
+    max_samples: int | None = None
+    logging_steps: int = 10
+    save_steps: int = 200
+    save_total_limit: int = 3
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        for name in ("batch_size", "micro_batch_size", "cutoff_len", "logging_steps", "save_steps", "save_total_limit"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"training.{name} must be a positive integer, got {value!r}")
+        _check(self.batch_size % self.micro_batch_size == 0,
+               f"training.batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
+        _check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"training.lr must be positive, got {self.lr!r}")
+        _check(self.max_samples is None or self.max_samples >= 1, f"training.max_samples must be >= 1, got {self.max_samples!r}")
+        _check(self.epochs > 0 or self.max_steps > 0, "give training.epochs > 0 or training.max_steps > 0")
+
+
+@dataclass
+class ExperimentConfig:
+    model: str
+    data: str
+    output_dir: str
+    method: str = "rosa"
+    data_dir: str | None = None
+    seed: int = 42
+    precision: str = "auto"
+    match_params: str | None = None
+    trust_remote_code: bool = False
+    rosa: RoSAConfig = field(default_factory=RoSAConfig)
+    dls: DLSConfig = field(default_factory=DLSConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    def __post_init__(self):
+        _check(self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("model", "data", "output_dir"):
+            _check(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} is required (a non-empty string)")
+
+    @property
+    def uses_dls(self) -> bool:
+        return self.method in ("rosa", "lora-dls")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.training.lr if self.training.lr is not None else METHOD_LEARNING_RATES[self.method]
+
+    def resolved(self) -> "ExperimentConfig":
+        """A copy with the learning rate written out, as stored in the run directory."""
+        return dataclasses.replace(self, training=dataclasses.replace(self.training, lr=self.learning_rate))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        data = dict(data)
+        _reject_unknown(data, cls, "")
+        sections = {"rosa": RoSAConfig, "dls": DLSConfig, "lora": LoraSettings, "training": TrainingSettings}
+        for name, section_cls in sections.items():
+            values = data.get(name) or {}
+            _check(isinstance(values, dict), f"'{name}' must be a mapping of fields, got {values!r}")
+            _reject_unknown(values, section_cls, f"{name}.")
+            values = _floats_from_strings(values, section_cls)
+            if name == "dls":
+                # One seed drives a run (data order, mix, adapter init, DLS draws) unless DLS's is set.
+                values = {"seed": data.get("seed", 42), **values}
+            data[name] = section_cls(**values)
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise RoSAConfigError(f"invalid configuration: {err}") from err
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
+    """YAML file (optional) with dotted ``section.field`` overrides applied on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RoSAConfigError(f"config file {path} does not exist; pass a YAML file (see examples/*.yaml).")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise RoSAConfigError(f"config file {path} is not valid YAML: {err}") from err
+        _check(isinstance(data, dict), f"config file {path} must hold a mapping of fields, not {type(data).__name__}")
+    for dotted, value in overrides.items():
+        target = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            _check(isinstance(target, dict), f"cannot set {dotted}: '{part}' is not a section")
+        target[leaf] = value
+    return ExperimentConfig.from_dict(data)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``training.lr=1e-3`` -> ("training.lr", 0.001); values are read as YAML scalars or lists."""
+    key, sep, value = text.partition("=")
+    _check(bool(sep) and bool(key.strip()), f"--set expects section.field=value, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def config_yaml(config: ExperimentConfig) -> bytes:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
+
+
+def _reject_unknown(values: dict, cls: type, prefix: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    _check(not unknown, f"unknown config field(s) {[prefix + u for u in unknown]}; valid: {sorted(prefix + k for k in known)}")
+
+
+def _floats_from_strings(values: dict, cls: type) -> dict:
+    """YAML reads ``1e-3`` (no dot) as a string; accept it wherever the field is a float."""
+    floats = {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("float")}
+    out = dict(values)
+    for name in floats & set(out):
+        if isinstance(out[name], str):
+            try:
+                out[name] = float(out[name])
+            except ValueError as err:
+                raise RoSAConfigError(f"{cls.__name__}.{name} must be a number, got {out[name]!r}.") from err
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise RoSAConfigError(message + ".")

@@ -1,0 +1,216 @@
+"""The ``rosa train`` recipe, top to bottom: data, model, method, Trainer, run directory.
+
+Everything that can be wrong with the inputs (config, data, model, adapter targets) is checked
+before the run directory is touched, so a failed start never overwrites or half-writes a run.
+
+Run directory layout::
+
+    config.yaml        the resolved configuration (rerun with ``rosa train --config config.yaml``)
+    train_log.jsonl    every Trainer log line; tensorboard/ holds the same for TensorBoard
+    checkpoint-N/      Trainer checkpoints (adapter only, plus optimizer state)
+    dls_history.json   DLS selections (methods with DLS)
+    adapter/           the final adapter (RoSA or PEFT format, safetensors + JSON)
+    run.json           summary written last: a run without it did not finish
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
+
+from rosa.data import load_dataset
+from rosa.data.prompts import tokenize_for_training
+from rosa.dls.callback import DLSCallback
+from rosa.errors import RoSAConfigError, RoSAError
+from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype
+from rosa.serialization import atomic_write_bytes, atomic_write_json
+from rosa.train.callbacks import JsonlLogCallback
+from rosa.train.config import ExperimentConfig, config_yaml
+from rosa.train.methods import apply_method, match_rank, trainable_parameters
+from rosa.train.trainer import RoSATrainer
+from rosa.version import __version__
+
+RUN_SUMMARY, ADAPTER_DIR, CONFIG_FILE, PISSA_INIT_DIR = "run.json", "adapter", "config.yaml", "pissa_init"
+
+
+def check_run_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise RoSAError(f"output_dir {path} is a file; choose a directory path for the run.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise RoSAError(
+            f"run directory {path} already exists and is not empty; nothing was changed. Choose another "
+            "--output-dir, or pass --overwrite to replace it."
+        )
+
+
+def resolve_budget(config: ExperimentConfig, log=print) -> tuple[ExperimentConfig, dict[str, Any] | None]:
+    """Apply ``match_params``: a run directory (its recorded count) or a method name (its count with
+    this config on this model) sets the reference; this method's rank is chosen to match it."""
+    if not config.match_params:
+        return config, None
+    reference_dir = Path(config.match_params)
+    if (reference_dir / RUN_SUMMARY).is_file():
+        summary = json.loads((reference_dir / RUN_SUMMARY).read_text())
+        if summary["model"] != config.model:
+            raise RoSAConfigError(
+                f"--match-params run {reference_dir} was trained on {summary['model']}, not {config.model}; "
+                "budgets are only comparable on the same model."
+            )
+        reference, label = summary["trainable_params"], f"run {reference_dir} ({summary['method']})"
+    elif config.match_params in ("rosa", "roae", "lora", "dora", "pissa", "lora-dls"):
+        reference = trainable_parameters(dataclasses.replace(config, method=config.match_params))
+        label = f"method {config.match_params}"
+    else:
+        raise RoSAConfigError(
+            f"--match-params {config.match_params!r} is neither a finished run directory (with {RUN_SUMMARY}) "
+            "nor a method name (rosa, roae, lora, dora, pissa, lora-dls)."
+        )
+    matched, count = match_rank(config, reference)
+    rank = matched.rosa.rank if config.method in ("rosa", "roae") else matched.lora.r
+    log(f"parameter budget: {label} has {reference:,d} trainable parameters; {config.method} at rank {rank} has {count:,d}")
+    return matched, {"reference": label, "reference_params": reference, "rank": rank, "params": count}
+
+
+def tokenized_dataset(config: ExperimentConfig, tokenizer) -> list[dict[str, list[int]]]:
+    records = load_dataset(config.data, config.data_dir, seed=config.seed)
+    if config.training.max_samples is not None and config.training.max_samples < len(records):
+        records = random.Random(config.seed).sample(records, config.training.max_samples)
+    t = config.training
+    return [tokenize_for_training(r, tokenizer, t.cutoff_len, t.train_on_inputs) for r in records]
+
+
+def train(config: ExperimentConfig, overwrite: bool = False, log=print) -> dict[str, Any]:
+    """Run one fine-tuning job and return its summary (also written to ``run.json``)."""
+    config = config.resolved()
+    run_dir = Path(config.output_dir)
+    check_run_dir(run_dir, overwrite)
+    config, budget = resolve_budget(config, log)
+
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    dataset = tokenized_dataset(config, tokenizer)
+    device = default_device()
+    dtype = resolve_dtype(config.precision, device)
+    args = training_arguments(config, run_dir, dtype)
+    base = load_base_model(config.model, precision=config.precision, device=device, trust_remote_code=config.trust_remote_code)
+    model = apply_method(base, config)
+    trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+    log(f"{config.method}: trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # Inputs are all checked: only now is the run directory touched.
+    if run_dir.exists() and overwrite:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / CONFIG_FILE, config_yaml(config))
+    if config.method == "pissa":
+        # PiSSA moves the principal components out of the base weights; saving its initial state lets
+        # the final adapter be converted to a plain LoRA that loads onto the *unmodified* base model.
+        model.peft_config["default"].init_lora_weights = True
+        model.save_pretrained(str(run_dir / PISSA_INIT_DIR))
+
+    tensorboard = TensorBoardCallback()
+    tensorboard.logging_dir = str(run_dir / "tensorboard")
+    callbacks = [JsonlLogCallback(run_dir / "train_log.jsonl"), tensorboard]
+    dls = DLSCallback(config.dls) if config.uses_dls else None
+    if dls is not None:
+        callbacks.append(dls)
+    trainer = RoSATrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, padding=True, return_tensors="pt"),
+        callbacks=callbacks,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = trainer.train()
+    runtime = time.perf_counter() - started
+
+    if not trainer.args.should_save:
+        return {}
+    if config.method == "pissa":
+        model.save_pretrained(str(run_dir / ADAPTER_DIR), path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
+    else:
+        model.save_pretrained(str(run_dir / ADAPTER_DIR))
+    tokenizer.save_pretrained(str(run_dir / ADAPTER_DIR))
+    if dls is not None:
+        atomic_write_json(run_dir / "dls_history.json", {"config": config.dls.to_dict(), **dls.selector.state_dict()})
+    summary = {
+        "method": config.method,
+        "model": config.model,
+        "data": config.data,
+        "examples": len(dataset),
+        "trainable_params": trainable,
+        "total_params": total,
+        "budget": budget,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_runtime_s": runtime,
+        "peak_memory_bytes": _peak_memory(device),
+        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "versions": _versions(),
+    }
+    atomic_write_json(run_dir / RUN_SUMMARY, summary)
+    return summary
+
+
+def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dtype) -> TrainingArguments:
+    """LLM-Adapters' Trainer settings (AdamW, linear decay after warm-up, effective batch split
+    over micro-batches and processes); bf16/fp16 autocast follows the model's precision."""
+    t = config.training
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if t.batch_size % (t.micro_batch_size * world_size):
+        raise RoSAConfigError(
+            f"training.batch_size {t.batch_size} is not a multiple of micro_batch_size x processes "
+            f"({t.micro_batch_size} x {world_size}); change one of them."
+        )
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.batch_size // (t.micro_batch_size * world_size),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        optim="adamw_torch",
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"rosa": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
