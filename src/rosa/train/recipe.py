@@ -199,6 +199,7 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         seed=config.seed,
         data_seed=config.seed,
         remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
     )
 
