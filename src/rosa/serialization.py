@@ -40,8 +40,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: Path, payload: Any, sort_keys: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n").encode())
 
 
 def save_adapter(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:

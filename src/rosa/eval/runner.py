@@ -89,7 +89,7 @@ def evaluate(
     atomic_write_bytes(output_dir / PREDICTIONS_FILE, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in ordered).encode())
     selected = [done[(t, i)] for t, items in records.items() for i in range(len(items))]
     metrics = {**compute_metrics(selected, task_names, missing), "decoding": decoding, "limit": limit}
-    atomic_write_json(output_dir / METRICS_FILE, metrics)
+    atomic_write_json(output_dir / METRICS_FILE, metrics, sort_keys=False)  # tasks stay in benchmark order
     atomic_write_bytes(output_dir / RESULTS_FILE, results_table(metrics, title=f"LLM-Adapters benchmarks, {decoding}").encode())
     return metrics
 
