@@ -1,20 +1,23 @@
-"""RoSA in a few lines: wrap a causal LM, train RoAE with DLS, save, reload, generate.
+"""The Python API in a few lines: wrap a causal LM, train RoAE with DLS in your own loop, save, reload.
 
-Runs on CPU in about a minute with the project's tiny pretrained Llama and BoolQ training records;
-pass --model / --data for your own (any RoPE causal LM, any LLM-Adapters-format JSON file).
+`rosa train` / `rosa eval` run the whole pipeline; this script shows the pieces underneath. It runs on
+CPU in seconds with the project's tiny pretrained Llama and BoolQ training records; pass --model /
+--data for your own (any RoPE causal LM, any LLM-Adapters-format JSON file).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
 from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, RoSAModel, get_rosa_model
+from rosa.data import load_records
+from rosa.data.prompts import eval_prompt, tokenize_for_training
+from rosa.loading import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -32,10 +35,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.unk_token
-    records = json.loads(Path(args.data).read_text())[: args.steps * args.batch_size]
-    texts = [f"{r['instruction']}\n{r['output']}" for r in records]
+    tokenizer = load_tokenizer(args.model)
+    records = load_records(args.data)[: args.steps * args.batch_size]
+    examples = [tokenize_for_training(r, tokenizer, cutoff_len=256) for r in records]
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt")
 
     model = get_rosa_model(AutoModelForCausalLM.from_pretrained(args.model), RoSAConfig(rank=8, targets=("q", "k")))
     model.print_trainable_parameters()
@@ -44,10 +47,8 @@ def main() -> None:
 
     model.train()
     for step in range(args.steps):
-        start = (step * args.batch_size) % len(texts)
-        batch = tokenizer(texts[start : start + args.batch_size], return_tensors="pt", padding=True, truncation=True, max_length=128)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
+        start = (step * args.batch_size) % len(examples)
+        loss = model(**collate(examples[start : start + args.batch_size])).loss
         loss.backward()
         selector.step()
         optimizer.step()
@@ -60,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as adapter_dir:
         model.save_pretrained(adapter_dir)
         reloaded = RoSAModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.model), adapter_dir)
-    prompt = tokenizer([records[0]["instruction"]], return_tensors="pt")
+    prompt = tokenizer([eval_prompt(records[0]["instruction"])], return_tensors="pt")
     output = reloaded.generate(**prompt, max_new_tokens=8, do_sample=False)
     print("generation after save/load:", repr(tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])))
 

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
 from conftest import DATA, STORIES, require
 from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, RoSAModel, get_rosa_model
+from rosa.data import load_records
+from rosa.data.prompts import tokenize_for_training
+from rosa.loading import load_tokenizer
 
 
-def boolq_batches(tokenizer, n_records=96, batch_size=8, max_length=96):
-    records = json.loads(require(DATA / "train" / "commonsense" / "boolq.json").read_text())[:n_records]
-    texts = [f"{r['instruction']}\n{r['output']}" for r in records]
-    for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        yield {**encoded, "labels": labels}
+def boolq_batches(tokenizer, n_records=96, batch_size=8):
+    records = load_records(require(DATA / "train" / "commonsense" / "boolq.json"))[:n_records]
+    examples = [tokenize_for_training(r, tokenizer, cutoff_len=160) for r in records]
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt")
+    for start in range(0, len(examples), batch_size):
+        yield collate(examples[start : start + batch_size])
 
 
 def test_rosa_with_dls_trains_a_real_model_and_round_trips(tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(require(STORIES))
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.unk_token
+    tokenizer = load_tokenizer(str(require(STORIES)))
     base = AutoModelForCausalLM.from_pretrained(STORIES)
     base_state = {n: t.clone() for n, t in base.state_dict().items()}
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA, STORIES, randomize_adapters, require
 from rosa import RoSAConfig, get_rosa_model
 from rosa.data import load_records, task_file
-from rosa.data.prompts import eval_prompt
+from rosa.data.prompts import eval_prompt, response_of
 from rosa.errors import RoSAError
 from rosa.eval.generation import generate_responses, generation_config
 from rosa.eval.report import compute_metrics
@@ -61,6 +61,9 @@ class Interrupting:
 
     def __getattr__(self, name):
         return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
 
     def generate(self, *args, **kwargs):
         if self.calls == 0:
@@ -154,3 +157,13 @@ def test_macro_and_micro_averages():
     assert metrics["tasks"]["AQuA"]["accuracy"] == 1.0 and metrics["tasks"]["AQuA"]["strict_accuracy"] == 0.0
     assert metrics["macro_average"] == 0.75 and metrics["micro_average"] == 3 / 5 and metrics["items"] == 5
     assert "hellaswag" not in metrics["tasks"] and metrics["missing"] == {"hellaswag": "not here"}
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam4"])
+def test_the_shared_prompt_prefill_changes_no_token_of_plain_generate(base, tokenizer, decoding):
+    config = generation_config(decoding, 24, tokenizer)
+    for prompt in prompts_of("piqa", 3) + prompts_of("AQuA", 2):
+        ids = tokenizer([prompt], return_tensors="pt")
+        plain = base.generate(**ids, generation_config=config)[0]
+        expected = response_of(tokenizer.decode(plain, skip_special_tokens=True))
+        assert generate_responses(base, tokenizer, [prompt], config) == [expected]

@@ -5,6 +5,11 @@ into attention and answers change with the batch (LLM-Adapters issue #61); peers
 one item at a time. Here prompts are left-padded *with* their attention mask, and generate() derives
 position ids from that mask, so a padded row computes what it would compute alone; tests compare
 batched and single-item predictions string for string.
+
+Beam search expands every prompt to its beams *before* the prompt's forward pass, so the prompt
+(hundreds of tokens, against a few dozen generated for commonsense tasks) would be computed once per
+beam. We run that prefill once per prompt and copy its KV cache to the beams instead; generate()
+then starts from the cache. This halves evaluation time with beam4 and changes no token (tested).
 """
 
 from __future__ import annotations
@@ -36,6 +41,20 @@ def generation_config(decoding: str, max_new_tokens: int, tokenizer: Any) -> Gen
     )
 
 
+def _prefill(model: Any, batch: dict[str, torch.Tensor], num_beams: int) -> Any:
+    """KV cache of every prompt but its last token, computed once and repeated for each beam.
+
+    generate() feeds the uncached last token itself; positions follow the attention mask, as
+    generate() derives them, so left padding shifts nothing.
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True).past_key_values
+    if num_beams > 1:
+        cache.batch_repeat_interleave(num_beams)
+    return cache
+
+
 @torch.no_grad()
 def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[str], config: GenerationConfig) -> list[str]:
     """The scored response of each prompt: decode prompt + generation, keep what follows the header."""
@@ -43,7 +62,7 @@ def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[str], confi
     batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
     device = next(model.parameters()).device
     batch = {name: tensor.to(device) for name, tensor in batch.items()}
-    sequences = model.generate(**batch, generation_config=config)
+    sequences = model.generate(**batch, past_key_values=_prefill(model, batch, config.num_beams), generation_config=config)
     width = batch["input_ids"].shape[1]
     responses = []
     for row, mask in enumerate(batch["attention_mask"]):

@@ -190,7 +190,8 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         optim="adamw_torch",
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        gradient_checkpointing=t.gradient_checkpointing,
+        # passed only when on: transformers 5 warns about the (still working) argument whenever it is set
+        **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
         logging_steps=t.logging_steps,
         report_to="none",
         save_strategy="steps",
