@@ -184,3 +184,15 @@ def test_meta_counts_equal_the_real_models_counts(tmp_path):
         real = apply_method(load_base_model(str(STORIES)), config)
         assert trainable_parameters(config) == sum(p.numel() for p in real.parameters() if p.requires_grad)
     assert all(p.device.type == "meta" for p in meta_model(str(STORIES)).parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_adapter(tmp_path):
+    plain = config_for(tmp_path / "plain", "roae")
+    checkpointed = config_for(tmp_path / "ckpt", "roae", **{"training.gradient_checkpointing": True})
+    train(plain, log=lambda _: None)
+    train(checkpointed, log=lambda _: None)
+    a = load_file(tmp_path / "plain" / "roae" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "ckpt" / "roae" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
