@@ -167,3 +167,16 @@ def test_the_shared_prompt_prefill_changes_no_token_of_plain_generate(base, toke
         plain = base.generate(**ids, generation_config=config)[0]
         expected = response_of(tokenizer.decode(plain, skip_special_tokens=True))
         assert generate_responses(base, tokenizer, [prompt], config) == [expected]
+
+
+def test_training_batches_pad_right_and_generation_pads_left_without_changing_the_tokenizer(base, tokenizer):
+    from transformers import DataCollatorForSeq2Seq
+
+    from rosa.data.prompts import tokenize_for_training
+
+    records = load_records(task_file("boolq", require(DATA)))[:2]
+    examples = [tokenize_for_training(r, tokenizer, cutoff_len=40 + 30 * i) for i, r in enumerate(records)]
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt")(examples)
+    assert batch["attention_mask"][0, 0] == 1 and batch["attention_mask"][0, -1] == 0, "right padding"
+    generate_responses(base, tokenizer, prompts_of("boolq", 2), generation_config("greedy", 2, tokenizer))
+    assert tokenizer.padding_side == "right"

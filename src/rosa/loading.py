@@ -37,10 +37,12 @@ def check_model_path(name_or_path: str) -> None:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """The model's tokenizer with a pad token that is never a real word.
+    """The model's tokenizer with a pad token that is never a real word, padding on the right.
 
     Upstream sets ``pad_token_id = 0`` (LLaMA's ``<unk>``); we take the tokenizer's own pad token,
     else its unk token, else EOS. Padding is always masked, so the choice cannot change outputs.
+    Training batches are padded on the right whatever the tokenizer's saved default; generation
+    asks for left padding in its own call.
     """
     from transformers import AutoTokenizer
 
@@ -48,6 +50,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    tokenizer.padding_side = "right"
     return tokenizer
 
 

@@ -58,8 +58,7 @@ def _prefill(model: Any, batch: dict[str, torch.Tensor], num_beams: int) -> Any:
 @torch.no_grad()
 def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[str], config: GenerationConfig) -> list[str]:
     """The scored response of each prompt: decode prompt + generation, keep what follows the header."""
-    tokenizer.padding_side = "left"
-    batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
     device = next(model.parameters()).device
     batch = {name: tensor.to(device) for name, tensor in batch.items()}
     sequences = model.generate(**batch, past_key_values=_prefill(model, batch, config.num_beams), generation_config=config)
