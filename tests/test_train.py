@@ -159,10 +159,10 @@ def test_match_params_picks_the_rank_whose_count_is_closest(tmp_path):
     reference = trainable_parameters(config_for(tmp_path, "rosa", **{"rosa.rank": 16, "rosa.targets": ["q", "k"]}))
     for method in ("lora", "dora"):
         config = config_for(tmp_path, method, **{"lora.targets": ["q_proj", "v_proj"]})
-        matched, count = match_rank(config, reference)
+        matched, rank, count = match_rank(config, reference)
         brute = {r: trainable_parameters(with_rank(config, r)) for r in range(1, 12)}
         best = min(brute, key=lambda r: (abs(brute[r] - reference), r))
-        assert (matched.lora.r, count) == (best, brute[best])
+        assert (matched.lora.r, rank, count) == (best, best, brute[best])
         assert matched.lora.alpha == 2 * best, "alpha keeps LLM-Adapters' alpha/r ratio"
 
 

@@ -115,8 +115,9 @@ def _claim(output_dir: Path, settings: dict[str, Any]) -> None:
     config_file = output_dir / CONFIG_FILE
     if config_file.is_file():
         previous = json.loads(config_file.read_text())
-        if previous != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in settings if previous.get(k) != json.loads(json.dumps(settings[k])))
+        settings = json.loads(json.dumps(settings))  # as it reads back from JSON (tuples become lists)
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise RoSAError(
                 f"{output_dir} holds predictions made with other settings ({', '.join(changed)} differ: "
                 f"was {[previous.get(k) for k in changed]}). Evaluate into another output directory, or "

@@ -65,7 +65,7 @@ def meta_model(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
 def trainable_parameters(config: ExperimentConfig) -> int:
     """Trainable parameter count of ``config``'s method on its model, computed without weights."""
     model = apply_method(meta_model(config.model, config.trust_remote_code), config, pissa_init=False)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model.get_nb_trainable_parameters()[0]
 
 
 def with_rank(config: ExperimentConfig, rank: int) -> ExperimentConfig:
@@ -77,8 +77,9 @@ def with_rank(config: ExperimentConfig, rank: int) -> ExperimentConfig:
     return dataclasses.replace(config, lora=dataclasses.replace(config.lora, r=rank, alpha=ratio * rank))
 
 
-def match_rank(config: ExperimentConfig, reference: int) -> tuple[ExperimentConfig, int]:
-    """The rank whose trainable count is closest to ``reference`` (ties go to the smaller rank).
+def match_rank(config: ExperimentConfig, reference: int) -> tuple[ExperimentConfig, int, int]:
+    """The rank whose trainable count is closest to ``reference`` (ties go to the smaller rank), as
+    (config at that rank, rank, count).
 
     Every method's count is affine in its rank, so two counts give the line and the neighbours of
     its solution are checked exactly.
@@ -88,7 +89,7 @@ def match_rank(config: ExperimentConfig, reference: int) -> tuple[ExperimentConf
     guess = max(1, round((reference - fixed) / per_rank))
     candidates = {r: trainable_parameters(with_rank(config, r)) for r in {max(1, guess - 1), guess, guess + 1}}
     rank = min(candidates, key=lambda r: (abs(candidates[r] - reference), r))
-    return with_rank(config, rank), candidates[rank]
+    return with_rank(config, rank), rank, candidates[rank]
 
 
 def _check_lora_targets(base: nn.Module, targets: tuple[str, ...]) -> None:

@@ -36,7 +36,7 @@ from rosa.errors import RoSAConfigError, RoSAError
 from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype
 from rosa.serialization import atomic_write_bytes, atomic_write_json
 from rosa.train.callbacks import JsonlLogCallback
-from rosa.train.config import ExperimentConfig, config_yaml
+from rosa.train.config import METHODS, ExperimentConfig, config_yaml
 from rosa.train.methods import apply_method, match_rank, trainable_parameters
 from rosa.train.trainer import RoSATrainer
 from rosa.version import __version__
@@ -68,16 +68,15 @@ def resolve_budget(config: ExperimentConfig, log=print) -> tuple[ExperimentConfi
                 "budgets are only comparable on the same model."
             )
         reference, label = summary["trainable_params"], f"run {reference_dir} ({summary['method']})"
-    elif config.match_params in ("rosa", "roae", "lora", "dora", "pissa", "lora-dls"):
+    elif config.match_params in METHODS:
         reference = trainable_parameters(dataclasses.replace(config, method=config.match_params))
         label = f"method {config.match_params}"
     else:
         raise RoSAConfigError(
             f"--match-params {config.match_params!r} is neither a finished run directory (with {RUN_SUMMARY}) "
-            "nor a method name (rosa, roae, lora, dora, pissa, lora-dls)."
+            f"nor a method name ({', '.join(METHODS)})."
         )
-    matched, count = match_rank(config, reference)
-    rank = matched.rosa.rank if config.method in ("rosa", "roae") else matched.lora.r
+    matched, rank, count = match_rank(config, reference)
     log(f"parameter budget: {label} has {reference:,d} trainable parameters; {config.method} at rank {rank} has {count:,d}")
     return matched, {"reference": label, "reference_params": reference, "rank": rank, "params": count}
 
@@ -105,7 +104,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, log=print) -> dict[
     args = training_arguments(config, run_dir, dtype)
     base = load_base_model(config.model, precision=config.precision, device=device, trust_remote_code=config.trust_remote_code)
     model = apply_method(base, config)
-    trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+    trainable, total = model.get_nb_trainable_parameters()  # RoSAModel and PeftModel both offer it
     log(f"{config.method}: trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     # Inputs are all checked: only now is the run directory touched.
