@@ -9,10 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rosa.cli import data, evaluate, info, train
+from rosa.cli import analyze, compare, data, evaluate, info, sweep, train
 from rosa.version import __version__
 
-COMMANDS = {"train": train, "eval": evaluate, "data": data, "info": info}
+COMMANDS = {
+    "train": train,
+    "eval": evaluate,
+    "compare": compare,
+    "sweep": sweep,
+    "analyze": analyze,
+    "data": data,
+    "info": info,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
