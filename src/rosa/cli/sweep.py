@@ -1,13 +1,48 @@
-"""``rosa sweep``: placeholder being written this session."""
+"""``rosa sweep``: train and evaluate a grid of configurations, then collect one table and plots."""
 
 from __future__ import annotations
 
 import argparse
 
+from rosa.cli.train import add_config_arguments, config_overrides
+from rosa.eval.generation import DECODINGS
+
 
 def add_parser(commands, name: str) -> None:
-    commands.add_parser(name, help="(in progress)")
+    from rosa.sweep.plan import PRESETS
+
+    presets = "; ".join(f"{key}: {preset.description}" for key, preset in PRESETS.items())
+    parser = commands.add_parser(
+        name,
+        help="train and evaluate a grid of configurations (resumable), then tabulate and plot",
+        description="Every point of the grid is an ordinary `rosa train` run under OUTPUT_DIR/runs/, "
+        "evaluated like `rosa eval`. Rerunning the same command skips finished points and resumes "
+        f"interrupted ones. Presets: {presets}.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--output-dir", required=True, help="the sweep directory")
+    parser.add_argument("--preset", help="a preset grid: " + ", ".join(PRESETS))
+    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                        help="a swept config field, e.g. --grid seed=1,2,3 --grid k_ratio=0.25,0.5 (repeatable; "
+                        "short names like k_ratio, r_low, rank resolve to their section)")
+    parser.add_argument("--tasks", default="all", help="evaluation tasks and groups, as for rosa eval")
+    parser.add_argument("--decoding", choices=sorted(DECODINGS), default="beam4")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--report-only", action="store_true", help="collect the finished points without running any")
+    parser.add_argument("--no-progress", action="store_true", help="no evaluation progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from rosa.sweep import EvalSettings, parse_axis, plan_sweep, run_points, write_report
+    from rosa.train.config import load_config_data
+
+    base = load_config_data(args.config, config_overrides(args))
+    evaluation = EvalSettings(tasks=args.tasks, decoding=args.decoding, limit=args.limit, batch_size=args.eval_batch_size)
+    sweep = plan_sweep(args.output_dir, base, args.preset, [parse_axis(text) for text in args.grid], evaluation)
+    if not args.report_only:
+        run_points(sweep, progress=not args.no_progress)
+    written = write_report(sweep)
+    print((sweep.directory / "results.md").read_text())
+    print("written: " + ", ".join(str(path) for path in written.values()))
+    return 0

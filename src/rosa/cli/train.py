@@ -12,7 +12,6 @@ SHORTCUTS = {
     "method": "method",
     "data": "data",
     "data_dir": "data_dir",
-    "output_dir": "output_dir",
     "seed": "seed",
     "precision": "precision",
     "match_params": "match_params",
@@ -25,19 +24,13 @@ SHORTCUTS = {
 }
 
 
-def add_parser(commands, name: str) -> None:
-    parser = commands.add_parser(
-        name,
-        help="fine-tune a causal LM with RoSA or a baseline on LLM-Adapters-format data",
-        description="Settings come from --config (YAML), then the flags below, then --set; the resolved "
-        "configuration is saved as config.yaml in the run directory.",
-    )
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment-configuration flags, shared by ``rosa train`` and ``rosa sweep``."""
     parser.add_argument("--config", help="YAML file with the experiment configuration")
     parser.add_argument("--model", help="base model: local directory or Hugging Face id")
     parser.add_argument("--method", choices=METHODS, help="rosa (RoAE + DLS, default), roae, lora, dora, pissa, lora-dls")
     parser.add_argument("--data", help="a .json file or a known name (commonsense_15k, math_10k, commonsense_mix, math_mix, a task)")
     parser.add_argument("--data-dir", help="where known names resolve (else $ROSA_DATA_DIR, else ../shared/data/llm-adapters)")
-    parser.add_argument("--output-dir", help="the run directory (refused if it exists, unless --overwrite)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--match-params", metavar="RUN_OR_METHOD", help="choose this method's rank to match the trainable parameters of a run directory or a method")
@@ -49,18 +42,39 @@ def add_parser(commands, name: str) -> None:
     parser.add_argument("--micro-batch-size", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="any config field, e.g. --set rosa.targets=[q,k] --set dls.mode=freeze (repeatable)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from rosa.train.config import load_config, parse_assignment
-    from rosa.train.recipe import train
+def config_overrides(args: argparse.Namespace) -> dict:
+    """Dotted overrides from the flags of :func:`add_config_arguments`, ``--set`` last."""
+    from rosa.train.config import parse_assignment
 
     overrides = {field: getattr(args, flag) for flag, field in SHORTCUTS.items() if getattr(args, flag) is not None}
     if args.trust_remote_code:
         overrides["trust_remote_code"] = True
     overrides.update(parse_assignment(text) for text in args.set)
+    return overrides
+
+
+def add_parser(commands, name: str) -> None:
+    parser = commands.add_parser(
+        name,
+        help="fine-tune a causal LM with RoSA or a baseline on LLM-Adapters-format data",
+        description="Settings come from --config (YAML), then the flags below, then --set; the resolved "
+        "configuration is saved as config.yaml in the run directory.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--output-dir", help="the run directory (refused if it exists, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rosa.train.config import load_config
+    from rosa.train.recipe import train
+
+    overrides = config_overrides(args)
+    if args.output_dir is not None:
+        overrides["output_dir"] = args.output_dir
     config = load_config(args.config, overrides)
     summary = train(config, overwrite=args.overwrite)
     if summary:

@@ -7,6 +7,7 @@ from its directory alone.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -112,8 +113,7 @@ class ExperimentConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
         data = dict(data)
         _reject_unknown(data, cls, "")
-        sections = {"rosa": RoSAConfig, "dls": DLSConfig, "lora": LoraSettings, "training": TrainingSettings}
-        for name, section_cls in sections.items():
+        for name, section_cls in SECTIONS.items():
             values = data.get(name) or {}
             _check(isinstance(values, dict), f"'{name}' must be a mapping of fields, got {values!r}")
             _reject_unknown(values, section_cls, f"{name}.")
@@ -128,8 +128,32 @@ class ExperimentConfig:
             raise RoSAConfigError(f"invalid configuration: {err}") from err
 
 
+SECTIONS = {"rosa": RoSAConfig, "dls": DLSConfig, "lora": LoraSettings, "training": TrainingSettings}
+
+
+def resolve_field(name: str) -> str:
+    """The dotted config field a name means: ``k_ratio`` -> ``dls.k_ratio``; ``seed`` stays top-level.
+
+    Short names save typing in sweeps; a name that two sections share (``alpha``, ``targets``) must be
+    written in full, and an unknown one is refused with the list of valid fields.
+    """
+    top = {f.name for f in dataclasses.fields(ExperimentConfig)} - set(SECTIONS)
+    dotted = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    if name in top or name in dotted:
+        return name
+    matches = sorted(d for d in dotted if d.split(".", 1)[1] == name)
+    _check(bool(matches), f"unknown config field {name!r}; valid fields: {', '.join(sorted(top | dotted))}")
+    _check(len(matches) == 1, f"config field {name!r} is ambiguous: write one of {matches}")
+    return matches[0]
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
     """YAML file (optional) with dotted ``section.field`` overrides applied on top."""
+    return ExperimentConfig.from_dict(load_config_data(path, overrides))
+
+
+def load_config_data(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The unvalidated mapping behind :func:`load_config`; ``rosa sweep`` completes it per point."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -140,14 +164,20 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Experimen
         except yaml.YAMLError as err:
             raise RoSAConfigError(f"config file {path} is not valid YAML: {err}") from err
         _check(isinstance(data, dict), f"config file {path} must hold a mapping of fields, not {type(data).__name__}")
-    for dotted, value in overrides.items():
+    return with_assignments(data, overrides)
+
+
+def with_assignments(data: dict[str, Any], assignments: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with dotted ``section.field`` assignments applied."""
+    data = copy.deepcopy(data)
+    for dotted, value in assignments.items():
         target = data
         *parents, leaf = dotted.split(".")
         for part in parents:
             target = target.setdefault(part, {})
             _check(isinstance(target, dict), f"cannot set {dotted}: '{part}' is not a section")
         target[leaf] = value
-    return ExperimentConfig.from_dict(data)
+    return data
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -1,0 +1,55 @@
+"""What ``rosa eval`` can evaluate: a run directory, or a base model with an optional adapter.
+
+``rosa eval`` and ``rosa sweep`` both evaluate through :func:`evaluate_target`, so a run evaluated by
+a sweep and one evaluated by hand carry the same identity and can resume each other's predictions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rosa.errors import RoSAError
+
+
+def run_target(run_dir: str | Path) -> tuple[str, str, str | None]:
+    """The base model, adapter directory and data directory of a finished ``rosa train`` run."""
+    from rosa.train.config import load_config
+    from rosa.train.recipe import ADAPTER_DIR, CONFIG_FILE
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RoSAError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass a directory written by `rosa train`.")
+    if not (run_dir / ADAPTER_DIR).is_dir():
+        raise RoSAError(f"{run_dir} has no {ADAPTER_DIR}/: training did not finish. Resume or rerun it first.")
+    config = load_config(run_dir / CONFIG_FILE, {})
+    return config.model, str(run_dir / ADAPTER_DIR), config.data_dir
+
+
+def evaluate_target(
+    model_name: str,
+    adapter: str | None,
+    output: str | Path,
+    tasks: str,
+    *,
+    data_dir: str | None = None,
+    decoding: str = "beam4",
+    batch_size: int = 16,
+    limit: int | None = None,
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load the model (and adapter) and evaluate it into ``output``; returns the metrics."""
+    from rosa.eval.runner import evaluate
+    from rosa.loading import load_adapter, load_base_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_name, trust_remote_code)
+    model = load_base_model(model_name, precision=precision, trust_remote_code=trust_remote_code)
+    if adapter:
+        model = load_adapter(model, adapter)
+    identity = {"model": model_name, "adapter": str(Path(adapter).resolve()) if adapter else None, "precision": precision}
+    return evaluate(
+        model, tokenizer, output, tasks, data_dir=data_dir, decoding=decoding,
+        batch_size=batch_size, limit=limit, identity=identity, progress=progress,
+    )

@@ -1,0 +1,102 @@
+"""Run a sweep point by point: train, then evaluate, skipping whatever a previous run finished.
+
+The sweep directory holds ``sweep.json`` (the plan; a rerun must ask for the same plan), ``runs/``
+(one ordinary ``rosa train`` run directory per point, evaluated into ``eval/<decoding>/``) and the
+collected table and plots. A point counts as trained once its ``run.json`` exists (written last by
+``rosa train``) and as evaluated once its ``metrics.json`` exists; an interrupted training restarts
+that point, an interrupted evaluation continues from its saved predictions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rosa.errors import RoSAError
+from rosa.eval.runner import METRICS_FILE
+from rosa.eval.targets import evaluate_target, run_target
+from rosa.serialization import atomic_write_json
+from rosa.sweep.plan import Axis, Point, axes_of, expand
+from rosa.train.recipe import RUN_SUMMARY, train
+
+PLAN_FILE, RUNS_DIR = "sweep.json", "runs"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How every point is evaluated (``rosa eval``'s options)."""
+
+    tasks: str = "all"
+    decoding: str = "beam4"
+    limit: int | None = None
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class Sweep:
+    directory: Path
+    axes: tuple[Axis, ...]
+    points: list[Point]
+    evaluation: EvalSettings
+
+    def eval_dir(self, point: Point) -> Path:
+        return Path(point.config.output_dir) / "eval" / self.evaluation.decoding
+
+
+def plan_sweep(directory: str | Path, base: dict[str, Any], preset: str | None, grid: list[Axis], evaluation: EvalSettings) -> Sweep:
+    """Validate every point and claim the directory (or check it holds this same plan)."""
+    directory = Path(directory)
+    fixed, axes = axes_of(preset, grid)
+    points = expand(base, fixed, axes, runs_dir=str(directory / RUNS_DIR))
+    plan = {
+        "base": base,
+        "preset": preset,
+        "fixed": fixed,
+        "axes": [axis.to_dict() for axis in axes],
+        "evaluation": dataclasses.asdict(evaluation),
+        "points": [point.name for point in points],
+    }
+    _claim(directory, json.loads(json.dumps(plan)))
+    return Sweep(directory, axes, points, evaluation)
+
+
+def run_points(sweep: Sweep, log=print, progress: bool = True) -> None:
+    for number, point in enumerate(sweep.points, 1):
+        log(f"[{number}/{len(sweep.points)}] {point.name}")
+        run_dir = Path(point.config.output_dir)
+        if (run_dir / RUN_SUMMARY).is_file():
+            log("  trained already: skipped")
+        else:
+            if run_dir.exists():
+                log("  training was interrupted: restarting this point")
+            train(point.config, overwrite=run_dir.exists(), log=log)
+        eval_dir = sweep.eval_dir(point)
+        if (eval_dir / METRICS_FILE).is_file():
+            log("  evaluated already: skipped")
+            continue
+        model, adapter, data_dir = run_target(run_dir)
+        e = sweep.evaluation
+        evaluate_target(
+            model, adapter, eval_dir, e.tasks, data_dir=data_dir, decoding=e.decoding, batch_size=e.batch_size,
+            limit=e.limit, precision=point.config.precision, trust_remote_code=point.config.trust_remote_code,
+            progress=progress,
+        )
+
+
+def _claim(directory: Path, plan: dict[str, Any]) -> None:
+    plan_file = directory / PLAN_FILE
+    if plan_file.is_file():
+        previous = json.loads(plan_file.read_text())
+        if previous != plan:
+            changed = sorted(k for k in plan if previous.get(k) != plan[k])
+            raise RoSAError(
+                f"{directory} holds a sweep with another plan ({', '.join(changed)} differ); nothing was run. "
+                "Rerun with the same settings to resume it, or choose another --output-dir."
+            )
+        return
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise RoSAError(f"{directory} exists and is not a sweep directory (no {PLAN_FILE}); choose another --output-dir.")
+    atomic_write_json(plan_file, plan, sort_keys=False)
