@@ -29,6 +29,8 @@ def add_parser(commands, name: str) -> None:
     parser.add_argument("--decoding", choices=sorted(DECODINGS), default="beam4")
     parser.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
     parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="run only points I, I+N, I+2N, ... so N processes (one per GPU, say) share the sweep")
     parser.add_argument("--report-only", action="store_true", help="collect the finished points without running any")
     parser.add_argument("--no-progress", action="store_true", help="no evaluation progress bar")
 
@@ -37,12 +39,22 @@ def run(args: argparse.Namespace) -> int:
     from rosa.sweep import EvalSettings, parse_axis, plan_sweep, run_points, write_report
     from rosa.train.config import load_config_data
 
+    shard = _shard(args.shard)
     base = load_config_data(args.config, config_overrides(args))
     evaluation = EvalSettings(tasks=args.tasks, decoding=args.decoding, limit=args.limit, batch_size=args.eval_batch_size)
     sweep = plan_sweep(args.output_dir, base, args.preset, [parse_axis(text) for text in args.grid], evaluation)
     if not args.report_only:
-        run_points(sweep, progress=not args.no_progress)
+        run_points(sweep, progress=not args.no_progress, shard=shard)
     written = write_report(sweep)
     print((sweep.directory / "results.md").read_text())
     print("written: " + ", ".join(str(path) for path in written.values()))
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from rosa.errors import RoSAConfigError
+
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise RoSAConfigError(f"--shard expects I/N with 0 <= I < N (e.g. 0/2 and 1/2 for two processes), got {text!r}.")
+    return int(index), int(count)

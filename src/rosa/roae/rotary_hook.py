@@ -12,19 +12,26 @@ the single point where:
 The wrapper is a no-op unless an attention block carrying a RoAE adapter is running: that block's
 forward publishes ``(adapter, hidden_states)`` in a context variable for the duration of the call,
 and checks afterwards that RoPE actually ran (so a NoPE layer cannot silently skip its adapter).
+
+The same point serves observation (:func:`observe_rotary_states`, used by ``rosa analyze``): an
+observer published for a block sees that block's states as attention will receive them, that is
+after RoPE and after RoAE when an adapter is attached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from rosa.architecture import find_decoder_stack
 from rosa.errors import UnsupportedModelError
 from rosa.roae.layer import RoAE
 
@@ -40,6 +47,13 @@ class _ActiveBlock:
 
 _ACTIVE: contextvars.ContextVar[_ActiveBlock | None] = contextvars.ContextVar("rosa_active_block", default=None)
 
+# ``callback(layer_index, q, k, heads_axis)`` given to observe_rotary_states.
+RotaryObserver = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+# The observer of the block now running, with its layer index already bound.
+_OBSERVER: contextvars.ContextVar[Callable[[torch.Tensor, torch.Tensor, int], None] | None] = contextvars.ContextVar(
+    "rosa_rotary_observer", default=None
+)
+
 
 def _wrap(original):
     signature = inspect.signature(original)
@@ -47,19 +61,23 @@ def _wrap(original):
     @functools.wraps(original)
     def apply_rotary_pos_emb_with_roae(q, k, cos, sin, *args, **kwargs):
         q, k = original(q, k, cos, sin, *args, **kwargs)
-        active = _ACTIVE.get()
-        if active is None or not active.adapter.enabled:
+        active, observer = _ACTIVE.get(), _OBSERVER.get()
+        modulate = active is not None and active.adapter.enabled
+        if not modulate and observer is None:
             return q, k
         heads_axis = 1  # the default of every transformers family: states are [batch, heads, seq, dim]
         if args or kwargs:
             bound = signature.bind(q, k, cos, sin, *args, **kwargs)
             heads_axis = bound.arguments.get("unsqueeze_dim", 1)
-        adapter = active.adapter
-        if "q" in adapter.heads:
-            q = adapter.modulate("q", q, active.hidden, heads_axis)
-        if "k" in adapter.heads:
-            k = adapter.modulate("k", k, active.hidden, heads_axis)
-        active.applied = True
+        if modulate:
+            adapter = active.adapter
+            if "q" in adapter.heads:
+                q = adapter.modulate("q", q, active.hidden, heads_axis)
+            if "k" in adapter.heads:
+                k = adapter.modulate("k", k, active.hidden, heads_axis)
+            active.applied = True
+        if observer is not None:
+            observer(q, k, heads_axis)
         return q, k
 
     apply_rotary_pos_emb_with_roae.__rosa_original__ = original
@@ -127,3 +145,54 @@ def detach(attention: nn.Module) -> None:
         attention.__dict__.pop("forward", None)
     else:
         attention.forward = inner
+
+
+@contextlib.contextmanager
+def observe_rotary_states(model: nn.Module, callback: RotaryObserver) -> Iterator[list[int]]:
+    """While active, every forward calls ``callback(layer_index, q, k, heads_axis)`` in each RoPE layer.
+
+    ``q`` and ``k`` are exactly what RoPE hands on to attention and the KV cache: rotated, and
+    modulated when a RoAE adapter is attached (so a RoSAModel shows its adapted states; a PEFT LoRA
+    on ``q_proj``/``k_proj`` is included too, since it acts before RoPE). They are the tensors the
+    modeling code passes through ``apply_rotary_pos_emb``: all head dimensions for most families, only
+    the rotated ones where the family splits the head before RoPE (Phi). ``heads_axis`` is the heads
+    dimension (1: ``[batch, heads, seq, dim]``). Do not modify them in place.
+
+    Yields the observed layer indices; NoPE layers are left out. Forward hooks (removed on exit,
+    exceptions included) publish the block's observer; the module-level rotary wrapper they rely on
+    is RoAE's and stays installed, a no-op when nothing is published. Outputs are unchanged.
+    """
+    # Imported here because inject imports this module.
+    from rosa.roae.inject import _find_attention, rope_layers
+
+    stack = find_decoder_stack(model)
+    layers = rope_layers(model)
+    handles = []
+    try:
+        for index in layers:
+            attention = _find_attention(stack.layers[index])
+            install_rotary_wrapper(attention)
+            handles += _publish_observer(attention, functools.partial(callback, index))
+        yield layers
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _publish_observer(attention: nn.Module, observer: Callable[[torch.Tensor, torch.Tensor, int], None]) -> list:
+    """Publish ``observer`` while ``attention`` runs.
+
+    The closing hook uses ``always_call`` so a forward that raises still withdraws the observer, and
+    it is registered as a hook rather than an instance-``forward`` wrapper so it cannot interfere with
+    :func:`attach`/:func:`detach`.
+    """
+    tokens: list[contextvars.Token] = []
+
+    def enter(module, args):
+        tokens.append(_OBSERVER.set(observer))
+
+    def leave(module, args, output):
+        if tokens:  # empty when an earlier pre-hook raised before ``enter`` ran
+            _OBSERVER.reset(tokens.pop())
+
+    return [attention.register_forward_pre_hook(enter), attention.register_forward_hook(leave, always_call=True)]

@@ -63,8 +63,16 @@ def plan_sweep(directory: str | Path, base: dict[str, Any], preset: str | None, 
     return Sweep(directory, axes, points, evaluation)
 
 
-def run_points(sweep: Sweep, log=print, progress: bool = True) -> None:
+def run_points(sweep: Sweep, log=print, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> None:
+    """Train and evaluate every point not finished yet; ``shard=(i, n)`` takes points i, i+n, i+2n...
+
+    Shards let n processes (one per GPU, or per CPU core) share a sweep: they own disjoint points
+    and only read the plan, which must already be claimed (by the first ``plan_sweep``).
+    """
+    index, count = shard
     for number, point in enumerate(sweep.points, 1):
+        if (number - 1) % count != index:
+            continue
         log(f"[{number}/{len(sweep.points)}] {point.name}")
         run_dir = Path(point.config.output_dir)
         if (run_dir / RUN_SUMMARY).is_file():

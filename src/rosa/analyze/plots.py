@@ -1,0 +1,121 @@
+"""Figures for ``rosa analyze``: built on ``matplotlib.figure.Figure`` directly, so no pyplot state or
+backend choice leaks into the caller; each function returns the figure and the caller saves it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+LOW_FREQUENCY_COLOR = "crimson"
+# not trained, warm-up, exploit, explore (rosa.analyze.selection.CATEGORIES)
+SELECTION_COLORS = ("#eeeeee", "#9e9e9e", "#1f77b4", "#ff7f0e")
+MAX_TICKS = 32
+
+
+def _tick_positions(n: int) -> list[int]:
+    """Every position when they fit, else an even subset: 128 labels side by side are unreadable."""
+    step = max(1, -(-n // MAX_TICKS))
+    return list(range(0, n, step))
+
+
+def _frequency_label(frequency: float | None) -> str:
+    return "not rotated" if frequency is None else f"{frequency:.1e}"
+
+
+def _short(name: str) -> str:
+    """The last part of a model path or hub id, so a long local path cannot push the title off the figure."""
+    return name.rstrip("/").rsplit("/", 1)[-1] or name
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """``(start, length)`` of each run of consecutive true flags: the low-frequency dims come as one
+    block per half of the head in the rotate-half layout."""
+    runs, start = [], None
+    for index, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            runs.append((start, index - start))
+            start = None
+    return runs
+
+
+def strength_heatmap(report: dict[str, Any], state: str) -> Figure:
+    """Layers x head dimensions of ``report[state]`` (``state``: "query" or "key"), with each dimension's
+    rotary frequency on a top axis and the low-frequency dimensions outlined."""
+    values = np.array([[np.nan if v is None else v for v in row] for row in report[state]], dtype=float)
+    n_layers, head_dim = values.shape
+    fig = Figure(figsize=(min(16.0, max(7.0, 0.3 * head_dim + 3)), min(12.0, max(4.0, 0.3 * n_layers + 3))), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", origin="lower", cmap=cmap, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="mean L2 norm over heads")
+
+    ticks = _tick_positions(head_dim)
+    ax.set_xticks(ticks)
+    ax.set_xlabel("head dimension index")
+    ax.set_yticks(range(n_layers), [str(layer) for layer in report["layers"]])
+    ax.set_ylabel("layer")
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(ticks, [_frequency_label(report["frequency"][d]) for d in ticks], rotation=90, fontsize=7)
+    top.set_xlabel("rotary frequency of the dimension (radians per position)")
+    for label, d in zip(top.get_xticklabels(), ticks):
+        if report["low_frequency"][d]:
+            label.set_color(LOW_FREQUENCY_COLOR)
+
+    for start, length in _runs(report["low_frequency"]):
+        ax.add_patch(Rectangle((start - 0.5, -0.5), length, n_layers, fill=False, edgecolor=LOW_FREQUENCY_COLOR, linewidth=2))
+    handles = [Patch(fill=False, edgecolor=LOW_FREQUENCY_COLOR, linewidth=2,
+                     label=f"low-frequency dims (r_low={report['r_low']}: {report['n_low_pairs']} of {report['n_pairs']} pairs)")]
+    if np.isnan(values).any():
+        handles.append(Patch(facecolor="white", edgecolor="grey", label="not observed (split off before RoPE)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    ax.set_title(f"{_short(report['model'])}: {state} states after RoPE, per layer and head dimension\n"
+                 f"activation strength over {report['tokens']:,} tokens ({report['prompts']} prompts)")
+    return fig
+
+
+def selection_heatmap(summary: dict[str, Any]) -> Figure:
+    """Layers x optimizer steps, coloured by what each layer did at each step."""
+    matrix = np.array(summary["matrix"], dtype=float).reshape(summary["n_layers"], summary["steps"])
+    fig = Figure(figsize=(10.0, min(10.0, max(3.5, 0.25 * summary["n_layers"] + 2))), layout="constrained")
+    ax = fig.add_subplot()
+    categories = summary["categories"]
+    norm = BoundaryNorm(np.arange(len(categories) + 1) - 0.5, len(categories))
+    image = ax.imshow(matrix, aspect="auto", origin="lower", interpolation="nearest", cmap=ListedColormap(SELECTION_COLORS),
+                      norm=norm, extent=(0.5, summary["steps"] + 0.5, -0.5, summary["n_layers"] - 0.5))
+    colorbar = fig.colorbar(image, ax=ax, ticks=range(len(categories)))
+    colorbar.ax.set_yticklabels(categories)
+    ax.set_yticks(_tick_positions(summary["n_layers"]))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("layer")
+    ax.set_title(f"DLS layer selection: {summary['run']}\n(k={summary['k']} of {summary['n_layers']} layers, "
+                 f"reselected every {summary['interval']} steps after {summary['warmup']} warm-up steps)")
+    return fig
+
+
+def selection_frequency(summary: dict[str, Any]) -> Figure:
+    """Per layer, how many selection events chose it, split into exploit and explore."""
+    layers = [row["layer"] for row in summary["layers"]]
+    exploit = [row["exploit"] for row in summary["layers"]]
+    explore = [row["explore"] for row in summary["layers"]]
+    fig = Figure(figsize=(min(16.0, max(6.0, 0.3 * len(layers) + 3)), 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(layers, exploit, color=SELECTION_COLORS[2], label="exploit (top-k by score)")
+    ax.bar(layers, explore, bottom=exploit, color=SELECTION_COLORS[3], label="explore (random)")
+    ax.set_xticks(_tick_positions(len(layers)))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("times selected")
+    events = summary["selection_events"]
+    if events:
+        right = ax.secondary_yaxis("right", functions=(lambda n: n / events, lambda f: f * events))
+        right.set_ylabel("fraction of selection events")
+    ax.legend()
+    ax.set_title(f"How often DLS selected each layer: {summary['run']}\n"
+                 f"({events} selection events, k={summary['k']} of {summary['n_layers']})")
+    return fig
