@@ -121,6 +121,7 @@ def test_bad_grids_exit_2_and_create_nothing(tmp_path, capsys):
         ("--grid", "k_ratio=0.5,1.5"): "sweep point dls.k_ratio-1.5: k_ratio must be in (0, 1]",
         ("--preset", "ablations"): "unknown sweep preset 'ablations'",
         ("--grid", "ratio=1,2"): "unknown config field 'ratio'",
+        ("--grid", "seed=1,2", "--shard", "2/2"): "--shard expects I/N with 0 <= I < N",
     }
     for extra, message in cases.items():
         target = tmp_path / "new"

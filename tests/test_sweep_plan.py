@@ -6,6 +6,7 @@ import pytest
 
 from rosa.errors import RoSAConfigError
 from rosa.sweep.plan import PRESETS, Axis, axes_of, expand, parse_axis, point_name
+from rosa.sweep.runner import shard_of
 from rosa.train.config import resolve_field
 
 BASE = {"model": "m", "data": "commonsense_mix"}
@@ -69,3 +70,12 @@ def test_bad_plans_fail_before_any_point_runs():
         axes_of(None, [])
     with pytest.raises(RoSAConfigError, match=r"sweep point dls.k_ratio-1.5: .*k_ratio"):
         expand(BASE, {}, (parse_axis("k_ratio=0.5,1.5"),), runs_dir="r")
+
+
+def test_shards_split_the_points_disjointly_and_cover_them_all():
+    points = expand(BASE, *axes_of("ablation", [parse_axis("seed=1,2,3")]), runs_dir="r")
+    shards = [shard_of(points, i, 4) for i in range(4)]
+    numbers = sorted(n for shard in shards for n, _ in shard)
+    assert numbers == list(range(1, 19))
+    assert [n for n, _ in shards[1]] == [2, 6, 10, 14, 18]
+    assert [p.name for _, p in shards[0]][:2] == ["method-rosa__seed-1", "method-roae__seed-2"]

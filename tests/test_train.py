@@ -196,3 +196,13 @@ def test_gradient_checkpointing_gives_the_same_adapter(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_peak_memory_is_measured_per_run_even_when_runs_share_a_process(tmp_path):
+    """A sweep trains its points in one process: an earlier, larger peak must not leak into a run."""
+    ballast = bytearray(1536 * 2**20)
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touch every page so it is resident
+    del ballast
+    summary = train(config_for(tmp_path, "roae"), log=lambda _: None)
+    assert summary["peak_memory_kind"] == "process peak RSS while training"
+    assert 0 < summary["peak_memory_bytes"] < 1536 * 2**20

@@ -35,7 +35,7 @@ class BaseGeometry:
         return out
 
 
-def _find_attention(block: nn.Module) -> nn.Module:
+def find_attention(block: nn.Module) -> nn.Module:
     for module in block.modules():
         code = getattr(inspect.unwrap(type(module).forward), "__code__", None)
         if code is not None and rotary_hook.ROTARY_FUNCTION in code.co_names:
@@ -102,7 +102,7 @@ def inject_roae(model: nn.Module, config: RoSAConfig) -> tuple[BaseGeometry, dic
     generator = torch.Generator().manual_seed(config.init_seed) if config.init_seed is not None else None
     adapters: dict[int, RoAE] = {}
     for index in (i for i in requested if i in with_rope):
-        attention = _find_attention(stack.layers[index])
+        attention = find_attention(stack.layers[index])
         rotary_hook.install_rotary_wrapper(attention)
         adapter = RoAE(
             layer_index=index,
@@ -123,6 +123,6 @@ def inject_roae(model: nn.Module, config: RoSAConfig) -> tuple[BaseGeometry, dic
 def remove_roae(model: nn.Module, adapters: dict[int, RoAE]) -> None:
     stack = find_decoder_stack(model)
     for index in adapters:
-        attention = _find_attention(stack.layers[index])
+        attention = find_attention(stack.layers[index])
         rotary_hook.detach(attention)
         del attention.roae

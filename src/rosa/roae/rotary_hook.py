@@ -163,14 +163,14 @@ def observe_rotary_states(model: nn.Module, callback: RotaryObserver) -> Iterato
     is RoAE's and stays installed, a no-op when nothing is published. Outputs are unchanged.
     """
     # Imported here because inject imports this module.
-    from rosa.roae.inject import _find_attention, rope_layers
+    from rosa.roae.inject import find_attention, rope_layers
 
     stack = find_decoder_stack(model)
     layers = rope_layers(model)
     handles = []
     try:
         for index in layers:
-            attention = _find_attention(stack.layers[index])
+            attention = find_attention(stack.layers[index])
             install_rotary_wrapper(attention)
             handles += _publish_observer(attention, functools.partial(callback, index))
         yield layers

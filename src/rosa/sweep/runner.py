@@ -69,10 +69,7 @@ def run_points(sweep: Sweep, log=print, progress: bool = True, shard: tuple[int,
     Shards let n processes (one per GPU, or per CPU core) share a sweep: they own disjoint points
     and only read the plan, which must already be claimed (by the first ``plan_sweep``).
     """
-    index, count = shard
-    for number, point in enumerate(sweep.points, 1):
-        if (number - 1) % count != index:
-            continue
+    for number, point in shard_of(sweep.points, *shard):
         log(f"[{number}/{len(sweep.points)}] {point.name}")
         run_dir = Path(point.config.output_dir)
         if (run_dir / RUN_SUMMARY).is_file():
@@ -92,6 +89,11 @@ def run_points(sweep: Sweep, log=print, progress: bool = True, shard: tuple[int,
             limit=e.limit, precision=point.config.precision, trust_remote_code=point.config.trust_remote_code,
             progress=progress,
         )
+
+
+def shard_of(points: list[Point], index: int, count: int) -> list[tuple[int, Point]]:
+    """Points ``index, index + count, ...`` with their 1-based numbers in the whole sweep."""
+    return [(number, point) for number, point in enumerate(points, 1) if (number - 1) % count == index]
 
 
 def _claim(directory: Path, plan: dict[str, Any]) -> None:

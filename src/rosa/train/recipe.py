@@ -19,8 +19,10 @@ import dataclasses
 import json
 import os
 import random
+import re
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -131,8 +133,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, log=print) -> dict[
         data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, padding=True, return_tensors="pt"),
         callbacks=callbacks,
     )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    memory_reset = _reset_peak_memory(device)
     started = time.perf_counter()
     result = trainer.train()
     runtime = time.perf_counter() - started
@@ -157,8 +158,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, log=print) -> dict[
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "train_runtime_s": runtime,
-        "peak_memory_bytes": _peak_memory(device),
-        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
+        **dict(zip(("peak_memory_bytes", "peak_memory_kind"), _peak_memory(device, memory_reset))),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "versions": _versions(),
     }
@@ -204,10 +204,29 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
     )
 
 
-def _peak_memory(device: torch.device) -> int:
+def _reset_peak_memory(device: torch.device) -> bool:
+    """Start the peak at the current usage, so runs sharing a process (a sweep) measure themselves.
+
+    On CPU this needs Linux's ``clear_refs`` (VmHWM reset); elsewhere the peak stays the process's.
+    """
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_memory(device: torch.device, was_reset: bool) -> tuple[int, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(), "cuda max allocated"
+    if was_reset:
+        peak_kib = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        return int(peak_kib.group(1)) * 1024, "process peak RSS while training"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024, "process max RSS (whole process)"  # macOS: bytes
 
 
 def _versions() -> dict[str, str]:
