@@ -239,8 +239,7 @@ def model_section(out: Path, model: str, docs: Path) -> tuple[str, dict]:
         "mean ± sample standard deviation over the seeds.",
         "",
         accuracy_table(points, tasks),
-        f"Peak memory ({points[0]['peak_memory_kind']}) is in `{out.relative_to(REPO) if out.is_relative_to(REPO) else out}/{model}/results.csv`; "
-        "on one shared CPU process it mostly measures the Python process, not the method.",
+        f"Per-run numbers, peak memory included: `runs/study/{model}/results.csv` (not committed; rerun the study).",
         "",
         f"### Paired tests against RoSA (same seed, same {points[0]['items']} items)",
         "",
