@@ -1,4 +1,4 @@
-"""The CPU-scale ablation study behind ``docs/study.md``, in one command (about 35 minutes on 2 cores)::
+"""The CPU-scale ablation study behind ``docs/study.md``, in one command (23 minutes on 2 CPU cores)::
 
     python studies/ablation_study.py
 
