@@ -48,6 +48,12 @@ def test_the_grid_is_the_product_of_preset_and_user_axes_with_stable_names():
     assert point_name({"rosa.targets": ["q", "k"], "model": "org/name"}) == "rosa.targets-q+k__model-org_name"
 
 
+def test_list_values_become_points_too():
+    points = expand(BASE, *axes_of(None, [parse_axis("rosa.targets=[q],[q,k]")]), runs_dir="r")
+    assert [(p.name, p.config.rosa.targets) for p in points] == [
+        ("rosa.targets-q", ("q",)), ("rosa.targets-q+k", ("q", "k"))]
+
+
 def test_ablation_preset_matches_lora_family_budgets_to_rosa():
     fixed, axes = axes_of("ablation", [])
     points = {p.config.method: p.config for p in expand(BASE, fixed, axes, runs_dir="r")}

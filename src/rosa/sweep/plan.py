@@ -101,7 +101,7 @@ def expand(base: dict[str, Any], fixed: dict[str, Any], axes: tuple[Axis, ...], 
     points = []
     for values in itertools.product(*(axis.values for axis in axes)):
         swept = {axis.field: value for axis, value in zip(axes, values)}
-        extra = {k: v for axis, value in zip(axes, values) for k, v in axis.extra.get(value, {}).items()}
+        extra = {k: v for axis, value in zip(axes, values) if axis.extra for k, v in axis.extra.get(value, {}).items()}
         name = point_name(swept)
         data = with_assignments(base, {**fixed, **extra, **swept, "output_dir": f"{runs_dir}/{name}"})
         try:
