@@ -151,3 +151,25 @@ def test_summary_statistics_and_plots_from_known_rows():
         assert axes.get_ylabel() == "micro-average accuracy (%)" and axes.get_xlabel()
     line = plots.accuracy_vs_field(summary, ["dls.k_ratio", "seed"], "dls.k_ratio").axes[0].lines[0]
     assert list(line.get_xdata()) == [0.5, 1.0] and list(line.get_ydata()) == [12.0, 30.0]
+
+
+def test_a_failing_point_is_reported_and_the_others_still_run(tmp_path, capsys):
+    directory = tmp_path / "partly"
+    args = sweep_args(directory)
+    args[args.index("method=roae,lora-dls")] = "method=roae"
+    args[args.index("seed=1,2")] = "seed=1"
+    args += ["--grid", f"model={require(STORIES)},{tmp_path / 'no-such-model'}"]
+    assert rosa_main(args) == 1
+    out = capsys.readouterr().out
+    assert "failed: " in out and "no-such-model" in out.split("failed: ")[1].splitlines()[0]
+    assert "1 point(s) failed" in out and "rerun the same command to retry them" in out
+    rows = read_csv(directory / "results.csv")
+    assert len(rows) == 1 and rows[0]["model"] == str(require(STORIES))
+    assert "1 of 2 points finished" in (directory / "results.md").read_text()
+
+
+def test_report_only_needs_an_existing_sweep(tmp_path, capsys):
+    assert rosa_main(["sweep", "--model", "m", "--data", "d", "--grid", "seed=1,2", "--report-only",
+                      "--output-dir", str(tmp_path / "typo")]) == 2
+    assert "holds no sweep (sweep.json missing); check --output-dir" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()

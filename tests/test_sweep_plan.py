@@ -32,7 +32,8 @@ def test_grid_values_are_yaml_so_numbers_and_lists_keep_their_types():
     assert parse_axis("k_ratio=0.25,0.5,1") == Axis("dls.k_ratio", (0.25, 0.5, 1))
     assert parse_axis("rosa.targets=[q],[q,k]") == Axis("rosa.targets", (["q"], ["q", "k"]))
     assert parse_axis("method=rosa,lora") == Axis("method", ("rosa", "lora"))
-    for bad in ("k_ratio", "=1,2", "k_ratio=", "seed=1,1"):
+    assert parse_axis("lr=1e-4,2e-4") == Axis("training.lr", (1e-4, 2e-4))  # YAML alone reads strings
+    for bad in ("k_ratio", "=1,2", "k_ratio=", "seed=1,1", "k_ratio=1,1.0", "lr=1e-4,0.0001"):
         with pytest.raises(RoSAConfigError):
             parse_axis(bad)
 

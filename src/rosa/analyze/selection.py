@@ -30,7 +30,10 @@ def load_history(run_dir: Path) -> dict[str, Any]:
     """``RUN_DIR/dls_history.json``, or an error that says why a run has none."""
     path = run_dir / HISTORY_FILE
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise RoSAError(f"{path} is not valid JSON ({err}); the file is corrupted. Rerun the training to rewrite it.") from err
     if not run_dir.is_dir():
         raise RoSAError(f"run directory {run_dir} does not exist.")
     method = _run_method(run_dir)

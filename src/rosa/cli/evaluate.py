@@ -24,7 +24,8 @@ def add_parser(commands, name: str) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N items of each task")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--data-dir", help="where the task files are (else $ROSA_DATA_DIR, else ../shared/data/llm-adapters)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="default: the run's training precision for a run directory, else auto")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
 
@@ -37,15 +38,18 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir:
         if model_name or adapter:
             raise RoSAError("give either a run directory or --model/--adapter, not both.")
-        model_name, adapter, run_data_dir = run_target(Path(args.run_dir))
+        model_name, adapter, run_data_dir, run_precision = run_target(Path(args.run_dir))
         output = output or str(Path(args.run_dir) / "eval" / args.decoding)
         data_dir = data_dir or run_data_dir
+        precision = args.precision or run_precision
     elif not model_name or not output:
         raise RoSAError("pass a run directory, or --model (with an optional --adapter) and --output.")
+    else:
+        precision = args.precision or "auto"
 
     metrics = evaluate_target(
         model_name, adapter, output, args.tasks, data_dir=data_dir, decoding=args.decoding,
-        batch_size=args.batch_size, limit=args.limit, precision=args.precision,
+        batch_size=args.batch_size, limit=args.limit, precision=precision,
         trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
     )
     print((Path(output) / "results.md").read_text())

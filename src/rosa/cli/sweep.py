@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rosa.cli.train import add_config_arguments, config_overrides
 from rosa.eval.generation import DECODINGS
@@ -36,18 +37,24 @@ def add_parser(commands, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rosa.errors import RoSAError
     from rosa.sweep import EvalSettings, parse_axis, plan_sweep, run_points, write_report
+    from rosa.sweep.runner import PLAN_FILE
     from rosa.train.config import load_config_data
 
     shard = _shard(args.shard)
     base = load_config_data(args.config, config_overrides(args))
     evaluation = EvalSettings(tasks=args.tasks, decoding=args.decoding, limit=args.limit, batch_size=args.eval_batch_size)
+    if args.report_only and not (Path(args.output_dir) / PLAN_FILE).is_file():
+        raise RoSAError(f"{args.output_dir} holds no sweep ({PLAN_FILE} missing); check --output-dir.")
     sweep = plan_sweep(args.output_dir, base, args.preset, [parse_axis(text) for text in args.grid], evaluation)
-    if not args.report_only:
-        run_points(sweep, progress=not args.no_progress, shard=shard)
+    failed = [] if args.report_only else run_points(sweep, progress=not args.no_progress, shard=shard)
     written = write_report(sweep)
     print((sweep.directory / "results.md").read_text())
     print("written: " + ", ".join(str(path) for path in written.values()))
+    if failed:
+        print(f"{len(failed)} point(s) failed (see the log above): {', '.join(failed)}; rerun the same command to retry them.")
+        return 1
     return 0
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from rosa.errors import RoSAError
 
 
-def run_target(run_dir: str | Path) -> tuple[str, str, str | None]:
-    """The base model, adapter directory and data directory of a finished ``rosa train`` run."""
+def run_target(run_dir: str | Path) -> tuple[str, str, str | None, str]:
+    """The base model, adapter directory, data directory and precision of a finished ``rosa train`` run."""
     from rosa.train.config import load_config
     from rosa.train.recipe import ADAPTER_DIR, CONFIG_FILE
 
@@ -23,7 +23,7 @@ def run_target(run_dir: str | Path) -> tuple[str, str, str | None]:
     if not (run_dir / ADAPTER_DIR).is_dir():
         raise RoSAError(f"{run_dir} has no {ADAPTER_DIR}/: training did not finish. Resume or rerun it first.")
     config = load_config(run_dir / CONFIG_FILE, {})
-    return config.model, str(run_dir / ADAPTER_DIR), config.data_dir
+    return config.model, str(run_dir / ADAPTER_DIR), config.data_dir, config.precision
 
 
 def evaluate_target(

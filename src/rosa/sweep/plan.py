@@ -7,6 +7,7 @@ same run directories and a rerun can tell finished points from missing ones.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,9 +70,17 @@ def parse_axis(text: str) -> Axis:
         parsed = yaml.safe_load(f"[{values}]")
     except yaml.YAMLError as err:
         raise RoSAConfigError(f"--grid {text!r}: the values are not valid YAML ({err}).") from err
-    if len(set(map(repr, parsed))) != len(parsed):
+    parsed = [_number(value) for value in parsed]
+    if any(a == b for i, a in enumerate(parsed) for b in parsed[i + 1 :]):
         raise RoSAConfigError(f"--grid {text!r} repeats a value.")
     return Axis(resolve_field(name.strip()), tuple(parsed))
+
+
+def _number(value: Any) -> Any:
+    """YAML reads ``1e-4`` (no dot) as a string; a sweep axis needs it as the number it means."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
+        return float(value)
+    return value
 
 
 def axes_of(preset: str | None, grid: list[Axis]) -> tuple[dict[str, Any], tuple[Axis, ...]]:

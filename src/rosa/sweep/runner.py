@@ -10,6 +10,7 @@ that point, an interrupted evaluation continues from its saved predictions.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,32 +64,44 @@ def plan_sweep(directory: str | Path, base: dict[str, Any], preset: str | None, 
     return Sweep(directory, axes, points, evaluation)
 
 
-def run_points(sweep: Sweep, log=print, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> None:
-    """Train and evaluate every point not finished yet; ``shard=(i, n)`` takes points i, i+n, i+2n...
+def run_points(sweep: Sweep, log=print, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> list[str]:
+    """Train and evaluate every point not finished yet; returns the names of points that failed.
 
-    Shards let n processes (one per GPU, or per CPU core) share a sweep: they own disjoint points
-    and only read the plan, which must already be claimed (by the first ``plan_sweep``).
+    A failing point (out of memory, say) is logged and skipped so the others still run and the
+    report still covers them; a rerun retries it. ``shard=(i, n)`` takes points i, i+n, i+2n...,
+    so n processes (one per GPU, or per CPU core) can share a sweep whose plan is already claimed.
     """
+    failed = []
     for number, point in shard_of(sweep.points, *shard):
         log(f"[{number}/{len(sweep.points)}] {point.name}")
-        run_dir = Path(point.config.output_dir)
-        if (run_dir / RUN_SUMMARY).is_file():
-            log("  trained already: skipped")
-        else:
-            if run_dir.exists():
-                log("  training was interrupted: restarting this point")
-            train(point.config, overwrite=run_dir.exists(), log=log)
-        eval_dir = sweep.eval_dir(point)
-        if (eval_dir / METRICS_FILE).is_file():
-            log("  evaluated already: skipped")
-            continue
-        model, adapter, data_dir = run_target(run_dir)
-        e = sweep.evaluation
-        evaluate_target(
-            model, adapter, eval_dir, e.tasks, data_dir=data_dir, decoding=e.decoding, batch_size=e.batch_size,
-            limit=e.limit, precision=point.config.precision, trust_remote_code=point.config.trust_remote_code,
-            progress=progress,
-        )
+        gc.collect()  # the previous point's model must not count towards this one's peak memory
+        try:
+            _run_point(sweep, point, log, progress)
+        except (RoSAError, RuntimeError, OSError, ValueError) as err:
+            log(f"  failed: {err}")
+            failed.append(point.name)
+    return failed
+
+
+def _run_point(sweep: Sweep, point: Point, log, progress: bool) -> None:
+    run_dir = Path(point.config.output_dir)
+    if (run_dir / RUN_SUMMARY).is_file():
+        log("  trained already: skipped")
+    else:
+        if run_dir.exists():
+            log("  training was interrupted: restarting this point")
+        train(point.config, overwrite=run_dir.exists(), log=log)
+    eval_dir = sweep.eval_dir(point)
+    if (eval_dir / METRICS_FILE).is_file():
+        log("  evaluated already: skipped")
+        return
+    model, adapter, data_dir, precision = run_target(run_dir)
+    e = sweep.evaluation
+    evaluate_target(
+        model, adapter, eval_dir, e.tasks, data_dir=data_dir, decoding=e.decoding, batch_size=e.batch_size,
+        limit=e.limit, precision=precision, trust_remote_code=point.config.trust_remote_code,
+        progress=progress,
+    )
 
 
 def shard_of(points: list[Point], index: int, count: int) -> list[tuple[int, Point]]:
@@ -107,6 +120,8 @@ def _claim(directory: Path, plan: dict[str, Any]) -> None:
                 "Rerun with the same settings to resume it, or choose another --output-dir."
             )
         return
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    # another shard's plan may be mid-write (its temporary file) when several start at once
+    others = [p for p in directory.iterdir() if not p.name.startswith(f".{PLAN_FILE}.")] if directory.is_dir() else []
+    if directory.exists() and (not directory.is_dir() or others):
         raise RoSAError(f"{directory} exists and is not a sweep directory (no {PLAN_FILE}); choose another --output-dir.")
     atomic_write_json(plan_file, plan, sort_keys=False)

@@ -222,8 +222,8 @@ def _reset_peak_memory(device: torch.device) -> bool:
 def _peak_memory(device: torch.device, was_reset: bool) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(), "cuda max allocated"
-    if was_reset:
-        peak_kib = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    peak_kib = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()) if was_reset else None
+    if peak_kib:
         return int(peak_kib.group(1)) * 1024, "process peak RSS while training"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024, "process max RSS (whole process)"  # macOS: bytes
