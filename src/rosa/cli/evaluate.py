@@ -32,14 +32,15 @@ def add_parser(commands, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rosa.errors import RoSAError
-    from rosa.eval.targets import evaluate_target, run_target
+    from rosa.eval.runner import RESULTS_FILE
+    from rosa.eval.targets import evaluate_target, run_eval_dir, run_target
 
     model_name, adapter, output, data_dir = args.model, args.adapter, args.output, args.data_dir
     if args.run_dir:
         if model_name or adapter:
             raise RoSAError("give either a run directory or --model/--adapter, not both.")
         model_name, adapter, run_data_dir, run_precision = run_target(Path(args.run_dir))
-        output = output or str(Path(args.run_dir) / "eval" / args.decoding)
+        output = output or str(run_eval_dir(args.run_dir, args.decoding))
         data_dir = data_dir or run_data_dir
         precision = args.precision or run_precision
     elif not model_name or not output:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, limit=args.limit, precision=precision,
         trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
     )
-    print((Path(output) / "results.md").read_text())
+    print((Path(output) / RESULTS_FILE).read_text())
     for task, reason in metrics["missing"].items():
         print(f"missing: {task} was not evaluated: {reason}")
     print(f"predictions, metrics.json and results.md are in {output}")

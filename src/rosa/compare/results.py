@@ -14,9 +14,8 @@ from typing import Any
 
 from rosa.errors import RoSAError
 from rosa.eval.runner import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
+from rosa.eval.targets import EVAL_SUBDIR
 from rosa.train.recipe import RUN_SUMMARY
-
-EVAL_SUBDIR = "eval"
 
 
 @dataclass(frozen=True)

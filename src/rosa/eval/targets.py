@@ -11,6 +11,13 @@ from typing import Any
 
 from rosa.errors import RoSAError
 
+EVAL_SUBDIR = "eval"
+
+
+def run_eval_dir(run_dir: str | Path, decoding: str) -> Path:
+    """Where a run's evaluation with ``decoding`` lives: ``RUN_DIR/eval/<decoding>``."""
+    return Path(run_dir) / EVAL_SUBDIR / decoding
+
 
 def run_target(run_dir: str | Path) -> tuple[str, str, str | None, str]:
     """The base model, adapter directory, data directory and precision of a finished ``rosa train`` run."""

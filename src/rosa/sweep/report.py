@@ -13,6 +13,7 @@ from typing import Any
 
 from rosa.compare.results import load_result
 from rosa.compare.table import comparison_rows, render_csv, render_markdown
+from rosa.eval.runner import METRICS_FILE
 from rosa.serialization import atomic_write_bytes
 from rosa.sweep.runner import Sweep
 
@@ -21,7 +22,7 @@ SEED = "seed"
 
 def point_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """Finished points only (a sweep may be reported while it still runs)."""
-    done = [p for p in sweep.points if (sweep.eval_dir(p) / "metrics.json").is_file()]
+    done = [p for p in sweep.points if (sweep.eval_dir(p) / METRICS_FILE).is_file()]
     results = [load_result(sweep.eval_dir(p), label=p.name) for p in done]
     # the table already has a method column (from run.json); every other swept field gets its own
     extra = {a.field: [p.assignments[a.field] for p in done] for a in sweep.axes if a.field != "method"}

@@ -18,7 +18,7 @@ from typing import Any
 
 from rosa.errors import RoSAError
 from rosa.eval.runner import METRICS_FILE
-from rosa.eval.targets import evaluate_target, run_target
+from rosa.eval.targets import evaluate_target, run_eval_dir, run_target
 from rosa.serialization import atomic_write_json
 from rosa.sweep.plan import Axis, Point, axes_of, expand
 from rosa.train.recipe import RUN_SUMMARY, train
@@ -44,7 +44,7 @@ class Sweep:
     evaluation: EvalSettings
 
     def eval_dir(self, point: Point) -> Path:
-        return Path(point.config.output_dir) / "eval" / self.evaluation.decoding
+        return run_eval_dir(point.config.output_dir, self.evaluation.decoding)
 
 
 def plan_sweep(directory: str | Path, base: dict[str, Any], preset: str | None, grid: list[Axis], evaluation: EvalSettings) -> Sweep:
