@@ -7,6 +7,7 @@ tensor is copied.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from rosa.errors import AdapterLoadError
+from rosa.errors import AdapterLoadError, RoSAError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -42,6 +43,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, payload: Any, sort_keys: bool = True) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n").encode())
+
+
+def atomic_write_png(path: Path, figure: Any, **options: Any) -> Path:
+    """Render a matplotlib figure in memory, then write it like any other file (never half a PNG)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **options)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object written by rosa (run.json, metrics.json, ...), or an error saying it is corrupted."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RoSAError(f"{path} is not valid JSON ({err}); the file is corrupted. Restore it or rerun the step that wrote it.") from err
+    if not isinstance(payload, dict):
+        raise RoSAError(f"{path} holds a {type(payload).__name__}, not a JSON object; the file is corrupted. Restore it or rerun the step that wrote it.")
+    return payload
 
 
 def save_adapter(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:

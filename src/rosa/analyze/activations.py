@@ -35,7 +35,7 @@ from rosa.data.prompts import eval_prompt
 from rosa.errors import RoSAError
 from rosa.roae.frequencies import rotary_spec
 from rosa.roae.rotary_hook import observe_rotary_states
-from rosa.serialization import atomic_write_json
+from rosa.serialization import atomic_write_json, atomic_write_png
 
 STATES = ("query", "key")
 DEFINITION = (
@@ -201,5 +201,5 @@ def save_activation_report(report: dict[str, Any], output_dir: str | Path) -> li
     atomic_write_json(paths[0], report, sort_keys=False)
     for state in STATES:
         paths.append(output_dir / f"{state}_strength.png")
-        strength_heatmap(report, state).savefig(paths[-1], dpi=150)
+        atomic_write_png(paths[-1], strength_heatmap(report, state), dpi=150)
     return paths

@@ -18,7 +18,7 @@ import yaml
 
 from rosa.config import DLSConfig
 from rosa.errors import RoSAError
-from rosa.serialization import atomic_write_json
+from rosa.serialization import atomic_write_json, atomic_write_png, read_json_object
 
 HISTORY_FILE = "dls_history.json"
 CATEGORIES = ("not trained", "warm-up (all layers)", "exploit", "explore")
@@ -30,10 +30,7 @@ def load_history(run_dir: Path) -> dict[str, Any]:
     """``RUN_DIR/dls_history.json``, or an error that says why a run has none."""
     path = run_dir / HISTORY_FILE
     if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise RoSAError(f"{path} is not valid JSON ({err}); the file is corrupted. Rerun the training to rewrite it.") from err
+        return read_json_object(path)
     if not run_dir.is_dir():
         raise RoSAError(f"run directory {run_dir} does not exist.")
     method = _run_method(run_dir)
@@ -112,6 +109,6 @@ def analyze_layers(run_dir: str | Path, output_dir: str | Path | None = None) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = [output_dir / "dls_selection.json", output_dir / "dls_selection.png", output_dir / "dls_frequency.png"]
     atomic_write_json(paths[0], summary, sort_keys=False)
-    selection_heatmap(summary).savefig(paths[1], dpi=150)
-    selection_frequency(summary).savefig(paths[2], dpi=150)
+    atomic_write_png(paths[1], selection_heatmap(summary), dpi=150)
+    atomic_write_png(paths[2], selection_frequency(summary), dpi=150)
     return summary, paths

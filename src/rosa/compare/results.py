@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rosa.errors import RoSAError
+from rosa.serialization import read_json_object
 from rosa.eval.runner import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 from rosa.eval.targets import EVAL_SUBDIR
 from rosa.train.recipe import RUN_SUMMARY
@@ -55,7 +56,7 @@ def load_result(path: str | Path, decoding: str | None = None, label: str | None
             f"the {decoding} evaluation directory."
         )
     run_dir = eval_dir.parent.parent if eval_dir.parent.name == EVAL_SUBDIR else None
-    run = _read_json(run_dir / RUN_SUMMARY) if run_dir and (run_dir / RUN_SUMMARY).is_file() else None
+    run = read_json_object(run_dir / RUN_SUMMARY) if run_dir and (run_dir / RUN_SUMMARY).is_file() else None
     predictions = _counted_predictions(eval_dir, metrics)
     named = run_dir if run is not None or eval_dir != path else eval_dir
     return EvalResult(label or named.resolve().name, eval_dir, metrics, predictions, run)
@@ -90,20 +91,10 @@ def _read_metrics(eval_dir: Path) -> dict[str, Any]:
                 "the same `rosa eval` command to finish it."
             )
         raise RoSAError(f"{eval_dir} holds no evaluation; run `rosa eval` first.")
-    metrics = _read_json(path)
+    metrics = read_json_object(path)
     if not isinstance(metrics.get("tasks"), dict) or not all(isinstance(s, dict) and "total" in s for s in metrics["tasks"].values()):
         raise RoSAError(f"{path} has no per-task counts; it is not a rosa metrics file. Rerun `rosa eval` into a new directory.")
     return metrics
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RoSAError(f"{path} is not valid JSON ({err}); the file is corrupted. Restore it or rerun the step that wrote it.") from err
-    if not isinstance(payload, dict):
-        raise RoSAError(f"{path} holds a {type(payload).__name__}, not a JSON object; the file is corrupted. Restore it or rerun the step that wrote it.")
-    return payload
 
 
 def _counted_predictions(eval_dir: Path, metrics: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:

@@ -6,23 +6,12 @@ returned, so callers and tests can inspect them before saving.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from rosa.serialization import atomic_write_bytes
-
 ACCURACY_LABEL = "micro-average accuracy (%)"
-
-
-def save(figure: Figure, path: Path) -> Path:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
 
 
 def _label(entry: dict[str, Any], keys: Sequence[str]) -> str:

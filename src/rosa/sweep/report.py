@@ -14,7 +14,7 @@ from typing import Any
 from rosa.compare.results import load_result
 from rosa.compare.table import comparison_rows, render_csv, render_markdown
 from rosa.eval.runner import METRICS_FILE
-from rosa.serialization import atomic_write_bytes
+from rosa.serialization import atomic_write_bytes, atomic_write_png
 from rosa.sweep.runner import Sweep
 
 SEED = "seed"
@@ -69,7 +69,7 @@ def write_report(sweep: Sweep) -> dict[str, Path]:
             if field != SEED:
                 figures[f"accuracy_vs_{field}.png"] = plots.accuracy_vs_field(summary, fields, field)
     for name, figure in figures.items():
-        written[name] = plots.save(figure, out / name)
+        written[name] = atomic_write_png(out / name, figure, dpi=120, bbox_inches="tight")
     lines = [
         f"# Sweep {out.name}: {len(rows)} of {len(sweep.points)} points finished",
         "",
