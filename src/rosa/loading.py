@@ -97,3 +97,13 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike, is_traina
             "file is a pickle and can run code); re-save the adapter with safe_serialization=True."
         )
     return PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable)
+
+
+def load_for_inference(name_or_path: str, adapter: str | os.PathLike | None = None, precision: str = "auto",
+                       trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
+    """Tokenizer and model (with its adapter, if any) as ``rosa eval`` and ``rosa analyze`` use them."""
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+    model = load_base_model(name_or_path, precision=precision, trust_remote_code=trust_remote_code)
+    if adapter:
+        model = load_adapter(model, adapter)
+    return model, tokenizer

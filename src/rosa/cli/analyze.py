@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 def _activations(args: argparse.Namespace) -> int:
     from rosa.analyze.activations import activation_strength, load_prompts, low_frequency_contrast, save_activation_report
     from rosa.errors import RoSAError
-    from rosa.loading import load_adapter, load_base_model, load_tokenizer
+    from rosa.loading import load_for_inference
 
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not args.overwrite)):
@@ -63,10 +63,7 @@ def _activations(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise RoSAError(f"--limit must be >= 1, got {args.limit}.")
     prompts = load_prompts(args.prompts, args.data_dir, args.limit)
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_base_model(args.model, precision=args.precision, trust_remote_code=args.trust_remote_code)
-    if args.adapter:
-        model = load_adapter(model, args.adapter)
+    model, tokenizer = load_for_inference(args.model, args.adapter, args.precision, args.trust_remote_code)
     report = activation_strength(model, tokenizer, prompts, args.batch_size, args.max_length, args.r_low)
     report.update(model=args.model, adapter=str(Path(args.adapter).resolve()) if args.adapter else None, prompt_source=args.prompts)
     paths = save_activation_report(report, output)

@@ -49,12 +49,9 @@ def evaluate_target(
 ) -> dict[str, Any]:
     """Load the model (and adapter) and evaluate it into ``output``; returns the metrics."""
     from rosa.eval.runner import evaluate
-    from rosa.loading import load_adapter, load_base_model, load_tokenizer
+    from rosa.loading import load_for_inference
 
-    tokenizer = load_tokenizer(model_name, trust_remote_code)
-    model = load_base_model(model_name, precision=precision, trust_remote_code=trust_remote_code)
-    if adapter:
-        model = load_adapter(model, adapter)
+    model, tokenizer = load_for_inference(model_name, adapter, precision, trust_remote_code)
     identity = {"model": model_name, "adapter": str(Path(adapter).resolve()) if adapter else None, "precision": precision}
     return evaluate(
         model, tokenizer, output, tasks, data_dir=data_dir, decoding=decoding,
