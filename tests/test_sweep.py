@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import statistics
 
 import pytest
@@ -86,6 +87,8 @@ def test_a_rerun_skips_finished_points_and_resumes_interrupted_ones(sweep_dir, c
     predictions = {name: (runs / name / "eval" / "greedy" / "predictions.jsonl").read_text() for name in POINTS}
     # point 1 was killed before its training finished; point 2 during its evaluation, mid-line
     (runs / POINTS[0] / "run.json").unlink()
+    shutil.rmtree(runs / POINTS[0] / "adapter")
+    shutil.rmtree(runs / POINTS[0] / "eval")
     evaluation = runs / POINTS[1] / "eval" / "greedy"
     (evaluation / "metrics.json").unlink()
     lines = predictions[POINTS[1]].splitlines(keepends=True)
@@ -94,7 +97,7 @@ def test_a_rerun_skips_finished_points_and_resumes_interrupted_ones(sweep_dir, c
 
     assert rosa_main(sweep_args(sweep_dir)) == 0
     out = capsys.readouterr().out
-    assert out.count("trained already: skipped") == 3 and "training was interrupted: restarting this point" in out
+    assert out.count("trained already: skipped") == 3 and "training was interrupted: resuming it from its last checkpoint" in out
     assert out.count("evaluated already: skipped") == 2
     for name in POINTS[1:]:
         assert (runs / name / "run.json").stat().st_mtime_ns == stamps[name]

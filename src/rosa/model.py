@@ -117,14 +117,7 @@ class RoSAModel(nn.Module):
         cls, base_model: nn.Module, adapter_path: str | os.PathLike, is_trainable: bool = False
     ) -> "RoSAModel":
         """Load a saved adapter onto ``base_model``; refuses adapters made for another base."""
-        header = read_adapter_header(adapter_path)
-        try:
-            config = RoSAConfig.from_dict(header["config"])
-            saved = header["base_model"]
-            if not isinstance(saved, dict):
-                raise TypeError("base_model must be an object")
-        except (KeyError, TypeError, ValueError) as err:
-            raise AdapterLoadError(f"adapter config in '{adapter_path}' is malformed: {err}") from err
+        config, saved = _read_header(adapter_path)
         _check_same_base(base_geometry(base_model, config, rotary_spec(base_model)), saved, adapter_path)
         tensors = read_adapter_tensors(adapter_path)
         model = cls(base_model, config)
@@ -138,6 +131,30 @@ class RoSAModel(nn.Module):
         if not is_trainable:
             model.eval()
         return model
+
+    def load_adapter_weights(self, adapter_path: str | os.PathLike) -> None:
+        """Overwrite this model's adapter tensors with a saved adapter of the same config and base
+        (how a training run resumes from a checkpoint); ``requires_grad`` is left as it is."""
+        config, saved = _read_header(adapter_path)
+        if config != self.rosa_config:
+            raise AdapterLoadError(
+                f"adapter in '{adapter_path}' was saved with another RoSA config ({config.to_dict()}, this model: "
+                f"{self.rosa_config.to_dict()}). Resume with the configuration the run was started with."
+            )
+        _check_same_base(self.geometry, saved, adapter_path)
+        _copy_adapter_tensors(self.adapter_parameters(), read_adapter_tensors(adapter_path), adapter_path)
+
+
+def _read_header(adapter_path) -> tuple[RoSAConfig, dict]:
+    header = read_adapter_header(adapter_path)
+    try:
+        config = RoSAConfig.from_dict(header["config"])
+        saved = header["base_model"]
+        if not isinstance(saved, dict):
+            raise TypeError("base_model must be an object")
+    except (KeyError, TypeError, ValueError) as err:
+        raise AdapterLoadError(f"adapter config in '{adapter_path}' is malformed: {err}") from err
+    return config, saved
 
 
 def _copy_adapter_tensors(expected: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor], adapter_path) -> None:

@@ -7,10 +7,13 @@ tensor is copied.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,49 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_directory(staged: Path, final: Path) -> None:
+    """Make a completely written ``staged`` directory appear as ``final`` with one rename.
+
+    Every file is flushed first, so the rename publishes content that is on disk rather than only in
+    the page cache. An older ``final`` is renamed aside and removed only once the new one is in
+    place: at every instant a complete old or a complete new directory exists.
+    """
+    for path in sorted(staged.rglob("*"), reverse=True) + [staged]:
+        _fsync(path)
+    if final.exists():
+        previous = final.with_name(f".{final.name}.old")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
+        os.rename(staged, final)
+        shutil.rmtree(previous)
+    else:
+        os.rename(staged, final)
+    _fsync(final.parent)
+
+
+@contextlib.contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """Write a directory all or nothing: fill the yielded hidden sibling, which replaces ``final`` on
+    success and is removed on any error, leaving ``final`` as it was."""
+    staged = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    publish_directory(staged, final)
 
 
 def atomic_write_json(path: Path, payload: Any, sort_keys: bool = True) -> None:

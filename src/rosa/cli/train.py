@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rosa.train.config import METHODS
 
@@ -66,17 +67,33 @@ def add_parser(commands, name: str) -> None:
     add_config_arguments(parser)
     parser.add_argument("--output-dir", help="the run directory (refused if it exists, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue an interrupted run from its newest complete checkpoint, with the run's own "
+                        "config.yaml (no other setting may be given)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from rosa.errors import RoSAError
     from rosa.train.config import load_config
     from rosa.train.recipe import train
+    from rosa.train.run_dir import resumable_config
 
     overrides = config_overrides(args)
-    if args.output_dir is not None:
-        overrides["output_dir"] = args.output_dir
-    config = load_config(args.config, overrides)
-    summary = train(config, overwrite=args.overwrite)
+    if args.resume is not None:
+        given = [*overrides, *(["--config"] if args.config else []), *(["--output-dir"] if args.output_dir else []),
+                 *(["--overwrite"] if args.overwrite else [])]
+        if given:
+            raise RoSAError(
+                f"--resume continues a run with its own config.yaml; it cannot be combined with {', '.join(given)}. "
+                "To change settings, start a new run."
+            )
+        config = load_config(resumable_config(Path(args.resume)), {"output_dir": args.resume})
+        summary = train(config, resume=True)
+    else:
+        if args.output_dir is not None:
+            overrides["output_dir"] = args.output_dir
+        config = load_config(args.config, overrides)
+        summary = train(config, overwrite=args.overwrite)
     if summary:
         print(f"trained {summary['steps']} steps in {summary['train_runtime_s']:.1f} s, mean loss {summary['train_loss']:.4f}")
         print(f"adapter saved in {config.output_dir}/adapter; evaluate with: rosa eval {config.output_dir}")

@@ -16,7 +16,7 @@ from rosa.errors import RoSAError
 from rosa.serialization import read_json_object
 from rosa.eval.runner import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 from rosa.eval.targets import EVAL_SUBDIR
-from rosa.train.recipe import RUN_SUMMARY
+from rosa.train.run_dir import RUN_SUMMARY
 
 
 @dataclass(frozen=True)

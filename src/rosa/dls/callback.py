@@ -15,6 +15,14 @@ from rosa.serialization import atomic_write_json
 STATE_NAME = "dls_state.json"
 
 
+def freeze_under_ddp_message(processes: int) -> str:
+    return (
+        f"DLS mode 'freeze' cannot run on {processes} processes: it switches requires_grad on parameters "
+        "that DistributedDataParallel has already registered, and DDP then waits forever for their "
+        "gradients. Use dls.mode=skip (same selections and updates, no compute saved) or train on one process."
+    )
+
+
 class DLSCallback(TrainerCallback):
     """Creates the selector at ``on_train_begin`` — after the Trainer has built its optimizer.
 
@@ -32,6 +40,8 @@ class DLSCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if optimizer is None:
             raise RoSAError("DLSCallback needs the Trainer's optimizer at train begin; use a transformers.Trainer.")
+        if args.world_size > 1 and self.config.mode == "freeze":
+            raise RoSAError(freeze_under_ddp_message(args.world_size))
         self.selector = DynamicLayerSelector(model, self.config)
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         absent = [g.index for g in self.selector.groups for p in g.adapter_parameters if id(p) not in in_optimizer]
@@ -53,6 +63,8 @@ class DLSCallback(TrainerCallback):
         self.selector.step()
 
     def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         atomic_write_json(checkpoint / STATE_NAME, self.selector.state_dict())
 

@@ -48,6 +48,21 @@ def _layer_groups(model: nn.Module, norm_names: tuple[str, ...] | None) -> list[
     return groups
 
 
+def _averaged_over_processes(grads: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Under data parallelism each process sees its own micro-batches: average the norm gradients
+    (as DDP averages parameter gradients) so every process scores, and selects, the same layers,
+    and the scores are those of the global batch."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return grads
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return grads
+    flat = torch.cat([grad.flatten() for layer in grads for grad in layer])
+    torch.distributed.all_reduce(flat)
+    pieces = iter(torch.split(flat / world, [grad.numel() for layer in grads for grad in layer]))
+    return [[next(pieces).view_as(grad) for grad in layer] for layer in grads]
+
+
 class DynamicLayerSelector:
     """Chooses which decoder layers train, from LayerNorm-weight gradient norms.
 
@@ -125,10 +140,8 @@ class DynamicLayerSelector:
                 f"DLS scoring step {self.step_count}: no norm-weight gradient for layers {missing}. Call "
                 "selector.step() once per optimizer step, after loss.backward() and before optimizer.step()."
             )
-        return [
-            float(torch.sqrt(sum(grad.pow(2).sum() for grad in self._norm_grads[g.index])))
-            for g in self.groups
-        ]
+        grads = _averaged_over_processes([self._norm_grads[g.index] for g in self.groups])
+        return [float(torch.sqrt(sum(grad.pow(2).sum() for grad in layer))) for layer in grads]
 
     def _select(self, scores: list[float]) -> None:
         exploit = bool(torch.rand((), generator=self.generator) < self.config.p_exploit)

@@ -22,7 +22,7 @@ def run_eval_dir(run_dir: str | Path, decoding: str) -> Path:
 def run_target(run_dir: str | Path) -> tuple[str, str, str | None, str]:
     """The base model, adapter directory, data directory and precision of a finished ``rosa train`` run."""
     from rosa.train.config import load_config
-    from rosa.train.recipe import ADAPTER_DIR, CONFIG_FILE
+    from rosa.train.run_dir import ADAPTER_DIR, CONFIG_FILE
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():

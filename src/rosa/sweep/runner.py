@@ -3,8 +3,8 @@
 The sweep directory holds ``sweep.json`` (the plan; a rerun must ask for the same plan), ``runs/``
 (one ordinary ``rosa train`` run directory per point, evaluated into ``eval/<decoding>/``) and the
 collected table and plots. A point counts as trained once its ``run.json`` exists (written last by
-``rosa train``) and as evaluated once its ``metrics.json`` exists; an interrupted training restarts
-that point, an interrupted evaluation continues from its saved predictions.
+``rosa train``) and as evaluated once its ``metrics.json`` exists; an interrupted training resumes from
+its last checkpoint, an interrupted evaluation continues from its saved predictions.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from rosa.eval.runner import METRICS_FILE
 from rosa.eval.targets import evaluate_target, run_eval_dir, run_target
 from rosa.serialization import atomic_write_json
 from rosa.sweep.plan import Axis, Point, axes_of, expand
-from rosa.train.recipe import RUN_SUMMARY, train
+from rosa.train.recipe import train
+from rosa.train.run_dir import CONFIG_FILE, RUN_SUMMARY
 
 PLAN_FILE, RUNS_DIR = "sweep.json", "runs"
 
@@ -87,9 +88,10 @@ def _run_point(sweep: Sweep, point: Point, log, progress: bool) -> None:
     run_dir = Path(point.config.output_dir)
     if (run_dir / RUN_SUMMARY).is_file():
         log("  trained already: skipped")
+    elif (run_dir / CONFIG_FILE).is_file():
+        log("  training was interrupted: resuming it from its last checkpoint")
+        train(point.config, resume=True, log=log)
     else:
-        if run_dir.exists():
-            log("  training was interrupted: restarting this point")
         train(point.config, overwrite=run_dir.exists(), log=log)
     eval_dir = sweep.eval_dir(point)
     if (eval_dir / METRICS_FILE).is_file():

@@ -1,16 +1,8 @@
 """The ``rosa train`` recipe, top to bottom: data, model, method, Trainer, run directory.
 
-Everything that can be wrong with the inputs (config, data, model, adapter targets) is checked
-before the run directory is touched, so a failed start never overwrites or half-writes a run.
-
-Run directory layout::
-
-    config.yaml        the resolved configuration (rerun with ``rosa train --config config.yaml``)
-    train_log.jsonl    every Trainer log line; tensorboard/ holds the same for TensorBoard
-    checkpoint-N/      Trainer checkpoints (adapter only, plus optimizer state)
-    dls_history.json   DLS selections (methods with DLS)
-    adapter/           the final adapter (RoSA or PEFT format, safetensors + JSON)
-    run.json           summary written last: a run without it did not finish
+Everything that can be wrong with the inputs (config, data, model, adapter targets, a writable
+output) is checked before the run directory is touched, so a failed start never overwrites or
+half-writes a run. The directory's layout and resume logic live in :mod:`rosa.train.run_dir`.
 """
 
 from __future__ import annotations
@@ -33,28 +25,30 @@ from transformers.integrations import TensorBoardCallback
 
 from rosa.data import load_dataset
 from rosa.data.prompts import tokenize_for_training
-from rosa.dls.callback import DLSCallback
+from rosa.dls.callback import DLSCallback, freeze_under_ddp_message
 from rosa.errors import RoSAConfigError, RoSAError
 from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype
-from rosa.serialization import atomic_write_bytes, atomic_write_json
+from rosa.serialization import atomic_write_bytes, atomic_write_json, staged_directory
 from rosa.train.callbacks import JsonlLogCallback
 from rosa.train.config import METHODS, ExperimentConfig, config_yaml
 from rosa.train.methods import apply_method, match_rank, trainable_parameters
+from rosa.train.run_dir import (
+    ADAPTER_DIR,
+    CONFIG_FILE,
+    DLS_HISTORY,
+    PISSA_INIT_DIR,
+    RUN_SUMMARY,
+    STORAGE_ERRNOS,
+    TENSORBOARD_DIR,
+    TRAIN_LOG,
+    check_new_run_dir,
+    check_writable,
+    prepare_resume,
+    resume_point,
+    storage_error,
+)
 from rosa.train.trainer import RoSATrainer
 from rosa.version import __version__
-
-RUN_SUMMARY, ADAPTER_DIR, CONFIG_FILE, PISSA_INIT_DIR = "run.json", "adapter", "config.yaml", "pissa_init"
-
-
-def check_run_dir(path: Path, overwrite: bool) -> None:
-    if path.exists() and not path.is_dir():
-        raise RoSAError(f"output_dir {path} is a file; choose a directory path for the run.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise RoSAError(
-            f"run directory {path} already exists and is not empty; nothing was changed. Choose another "
-            "--output-dir, or pass --overwrite to replace it."
-        )
-
 
 def resolve_budget(config: ExperimentConfig, log=print) -> tuple[ExperimentConfig, dict[str, Any] | None]:
     """Apply ``match_params``: a run directory (its recorded count) or a method name (its count with
@@ -91,11 +85,19 @@ def tokenized_dataset(config: ExperimentConfig, tokenizer) -> list[dict[str, lis
     return [tokenize_for_training(r, tokenizer, t.cutoff_len, t.train_on_inputs) for r in records]
 
 
-def train(config: ExperimentConfig, overwrite: bool = False, log=print) -> dict[str, Any]:
-    """Run one fine-tuning job and return its summary (also written to ``run.json``)."""
+def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = False, log=print) -> dict[str, Any]:
+    """Run one fine-tuning job and return its summary (also written to ``run.json``).
+
+    ``resume=True`` continues the unfinished run in ``config.output_dir`` from its newest complete
+    checkpoint (``config`` must be the run's own ``config.yaml``); with the same seed and hardware the
+    result is bit-identical to an uninterrupted run.
+    """
     config = config.resolved()
     run_dir = Path(config.output_dir)
-    check_run_dir(run_dir, overwrite)
+    checkpoint = resume_point(run_dir, config.uses_dls, log) if resume else None
+    if not resume:
+        check_new_run_dir(run_dir, overwrite)
+    check_writable(run_dir)
     config, budget = resolve_budget(config, log)
 
     set_seed(config.seed)
@@ -103,26 +105,28 @@ def train(config: ExperimentConfig, overwrite: bool = False, log=print) -> dict[
     dataset = tokenized_dataset(config, tokenizer)
     device = default_device()
     dtype = resolve_dtype(config.precision, device)
-    args = training_arguments(config, run_dir, dtype)
+    args = training_arguments(config, run_dir, dtype)  # joins the process group under accelerate/torchrun
+    if config.uses_dls and config.dls.mode == "freeze" and args.world_size > 1:
+        raise RoSAConfigError(freeze_under_ddp_message(args.world_size))
     base = load_base_model(config.model, precision=config.precision, device=device, trust_remote_code=config.trust_remote_code)
     model = apply_method(base, config)
     trainable, total = model.get_nb_trainable_parameters()  # RoSAModel and PeftModel both offer it
     log(f"{config.method}: trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
-    # Inputs are all checked: only now is the run directory touched.
-    if run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / CONFIG_FILE, config_yaml(config))
-    if config.method == "pissa":
-        # PiSSA moves the principal components out of the base weights; saving its initial state lets
-        # the final adapter be converted to a plain LoRA that loads onto the *unmodified* base model.
-        model.peft_config["default"].init_lora_weights = True
-        model.save_pretrained(str(run_dir / PISSA_INIT_DIR))
+    # Inputs are all checked (by every process): only now is the run directory touched, by one process.
+    args.distributed_state.wait_for_everyone()
+    if args.should_save:
+        try:
+            _prepare_run_dir(run_dir, config, model, overwrite, resume, checkpoint)
+        except OSError as err:
+            raise storage_error(err, run_dir) if err.errno in STORAGE_ERRNOS else err
+    args.distributed_state.wait_for_everyone()
+    if checkpoint is not None:
+        log(f"resuming from {checkpoint}")
 
     tensorboard = TensorBoardCallback()
-    tensorboard.logging_dir = str(run_dir / "tensorboard")
-    callbacks = [JsonlLogCallback(run_dir / "train_log.jsonl"), tensorboard]
+    tensorboard.logging_dir = str(run_dir / TENSORBOARD_DIR)
+    callbacks = [JsonlLogCallback(run_dir / TRAIN_LOG), tensorboard]
     dls = DLSCallback(config.dls) if config.uses_dls else None
     if dls is not None:
         callbacks.append(dls)
@@ -135,35 +139,72 @@ def train(config: ExperimentConfig, overwrite: bool = False, log=print) -> dict[
     )
     memory_reset = _reset_peak_memory(device)
     started = time.perf_counter()
-    result = trainer.train()
-    runtime = time.perf_counter() - started
-
-    if not trainer.args.should_save:
-        return {}
-    if config.method == "pissa":
-        model.save_pretrained(str(run_dir / ADAPTER_DIR), path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
-    else:
-        model.save_pretrained(str(run_dir / ADAPTER_DIR))
-    tokenizer.save_pretrained(str(run_dir / ADAPTER_DIR))
-    if dls is not None:
-        atomic_write_json(run_dir / "dls_history.json", {"config": config.dls.to_dict(), **dls.selector.state_dict()})
-    summary = {
-        "method": config.method,
-        "model": config.model,
-        "data": config.data,
-        "examples": len(dataset),
-        "trainable_params": trainable,
-        "total_params": total,
-        "budget": budget,
-        "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "train_runtime_s": runtime,
-        **dict(zip(("peak_memory_bytes", "peak_memory_kind"), _peak_memory(device, memory_reset))),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "versions": _versions(),
-    }
-    atomic_write_json(run_dir / RUN_SUMMARY, summary)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+        runtime = time.perf_counter() - started
+        if not trainer.args.should_save:
+            return {}
+        with staged_directory(run_dir / ADAPTER_DIR) as adapter_dir:
+            if config.method == "pissa":
+                model.save_pretrained(str(adapter_dir), path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
+            else:
+                model.save_pretrained(str(adapter_dir))
+            tokenizer.save_pretrained(str(adapter_dir))
+        if dls is not None:
+            atomic_write_json(run_dir / DLS_HISTORY, {"config": config.dls.to_dict(), **dls.selector.state_dict()})
+        summary = {
+            "method": config.method,
+            "model": config.model,
+            "data": config.data,
+            "examples": len(dataset),
+            "trainable_params": trainable,
+            "total_params": total,
+            "budget": budget,
+            "steps": trainer.state.global_step,
+            "train_loss": result.training_loss if checkpoint is None else _logged_mean_loss(trainer.state.log_history),
+            "resumed_from_step": _step_of(checkpoint),
+            "train_runtime_s": runtime,
+            **dict(zip(("peak_memory_bytes", "peak_memory_kind"), _peak_memory(device, memory_reset))),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "versions": _versions(),
+        }
+        atomic_write_json(run_dir / RUN_SUMMARY, summary)
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS:
+            raise storage_error(err, run_dir) from err
+        raise
     return summary
+
+
+def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, model, overwrite: bool, resume: bool, checkpoint: Path | None) -> None:
+    if resume:
+        prepare_resume(run_dir, checkpoint)
+    else:
+        if run_dir.exists() and overwrite:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / CONFIG_FILE, config_yaml(config))
+    if config.method == "pissa" and not (run_dir / PISSA_INIT_DIR).is_dir():
+        # PiSSA moves the principal components out of the base weights; saving its initial state lets
+        # the final adapter be converted to a plain LoRA that loads onto the *unmodified* base model.
+        model.peft_config["default"].init_lora_weights = True
+        with staged_directory(run_dir / PISSA_INIT_DIR) as initial:
+            model.save_pretrained(str(initial))
+
+
+def _logged_mean_loss(log_history: list[dict]) -> float:
+    """Mean loss over a resumed run's logged steps (the Trainer's own mean covers only the steps
+    trained since the resume): each logged value is the mean over the steps since the previous one."""
+    total, previous = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - previous)
+            previous = entry["step"]
+    return total / previous if previous else float("nan")
+
+
+def _step_of(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else None
 
 
 def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dtype) -> TrainingArguments:

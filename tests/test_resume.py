@@ -1,0 +1,145 @@
+"""Crash and resume: SIGKILL at any moment (mid-run, mid-checkpoint, mid-adapter, mid-evaluation)
+loses nothing, and a resumed run ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import processes
+from conftest import DATA, STORIES, require
+from rosa.cli import main as rosa_main
+from rosa.loading import load_base_model
+from rosa.model import RoSAModel
+from rosa.train.trainer import RoSATrainer
+
+STEPS = 12
+TRAIN = ["train", "--model", str(STORIES), "--data", "commonsense_mix", "--data-dir", str(DATA), "--method", "rosa",
+         "--max-steps", str(STEPS), "--max-samples", "96", "--batch-size", "4", "--micro-batch-size", "2",
+         "--set", "training.cutoff_len=128", "--set", "training.save_steps=3", "--set", "training.logging_steps=1",
+         "--set", "training.warmup_steps=2", "--set", "training.lr=0.01", "--set", "dls.warmup=2", "--set", "dls.interval=2"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run, in a child process like the interrupted ones."""
+    require(STORIES), require(DATA)
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    done = processes.run([*TRAIN, "--output-dir", str(run_dir)])
+    assert done.returncode == 0, done.stderr
+    return run_dir
+
+
+def losses(run_dir):
+    return {e["step"]: (e["loss"], e["grad_norm"]) for e in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines()) if "loss" in e}
+
+
+def assert_same_result(run_dir, reference):
+    assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == (reference / "adapter" / "adapter_model.safetensors").read_bytes()
+    history, expected = (json.loads((d / "dls_history.json").read_text()) for d in (run_dir, reference))
+    assert history == expected and len(expected["history"]) == 6  # scored at steps 1, 3, ..., 11
+    assert losses(run_dir) == losses(reference) and sorted(losses(reference)) == list(range(1, STEPS + 1))
+    summary, expected = (json.loads((d / "run.json").read_text()) for d in (run_dir, reference))
+    assert summary["steps"] == STEPS
+    # a resumed run's mean loss comes from its log (4-digit values), the uninterrupted one's from the Trainer
+    assert summary["train_loss"] == pytest.approx(expected["train_loss"], abs=1e-4)
+
+
+def test_a_run_killed_mid_training_resumes_to_a_bit_identical_adapter_and_dls_history(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    child = processes.start([*TRAIN, "--output-dir", str(run_dir)], slow=("rosa.train.trainer.RoSATrainer:training_step", 0.1, ""))
+    processes.kill_when(child, processes.exists(run_dir / "checkpoint-6"))
+    assert not (run_dir / "run.json").exists() and not (run_dir / "adapter").exists()
+    assert not (run_dir / f"checkpoint-{STEPS}").exists(), "the kill landed mid-run"
+
+    resumed = processes.run(["train", "--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
+    assert_same_result(run_dir, reference)
+    assert json.loads((run_dir / "run.json").read_text())["resumed_from_step"] >= 6
+
+
+# (function to hold up, which call, what exists while it hangs, what must not exist yet)
+SAVES = {
+    "checkpoint": ("torch.save", "checkpoint-6", ".checkpoint-6.partial/checkpoint-6/optimizer.pt", "checkpoint-6"),
+    "final adapter": ("rosa.model.save_adapter", ".adapter.partial", ".adapter.partial/adapter_model.safetensors", "adapter"),
+}
+
+
+@pytest.mark.parametrize("where", SAVES)
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_complete_and_the_run_resumable(tmp_path, reference, where):
+    function, needle, hanging, absent = SAVES[where]
+    run_dir = tmp_path / "run"
+    child = processes.start([*TRAIN, "--output-dir", str(run_dir)], slow=(function, 600, needle))
+    processes.kill_when(child, processes.exists(run_dir / hanging))
+    assert not (run_dir / absent).exists() and not (run_dir / "run.json").exists()
+
+    newest = sorted((p for p in run_dir.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))[-1]
+    assert newest.name == ("checkpoint-3" if where == "checkpoint" else f"checkpoint-{STEPS}")
+    # the previous checkpoint is whole: its adapter and optimizer state load (without pickle)
+    RoSAModel.from_pretrained(load_base_model(str(STORIES)), newest)
+    assert torch.load(newest / "optimizer.pt", weights_only=True)["state"]
+
+    resumed = processes.run(["train", "--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(run_dir.glob(".*")), "leftovers of the interrupted save are cleaned up"
+    assert_same_result(run_dir, reference)
+
+
+def test_an_evaluation_killed_mid_run_resumes_without_lost_or_duplicated_items(tmp_path, reference):
+    evaluate = ["eval", str(reference), "--tasks", "boolq,piqa", "--limit", "5", "--decoding", "greedy", "--batch-size", "1"]
+    whole = processes.run([*evaluate, "--output", str(tmp_path / "whole"), "--no-progress"])
+    assert whole.returncode == 0, whole.stderr
+
+    predictions = tmp_path / "killed" / "predictions.jsonl"
+    child = processes.start([*evaluate, "--output", str(tmp_path / "killed"), "--no-progress"],
+                            slow=("rosa.eval.runner.generate_responses", 0.3, ""))
+    processes.kill_when(child, processes.has_lines(predictions, 3))
+    assert 3 <= predictions.read_text().count("\n") < 10 and not (tmp_path / "killed" / "metrics.json").exists()
+
+    resumed = processes.run([*evaluate, "--output", str(tmp_path / "killed"), "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr
+    items = [(p["task"], p["index"]) for p in map(json.loads, predictions.read_text().splitlines())]
+    assert len(items) == len(set(items)) == 10
+    assert predictions.read_text() == (tmp_path / "whole" / "predictions.jsonl").read_text()
+    assert (tmp_path / "killed" / "metrics.json").read_text() == (tmp_path / "whole" / "metrics.json").read_text()
+
+
+def test_a_nan_loss_stops_training_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    original = RoSATrainer.compute_loss
+
+    def diverging(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if self.state.global_step >= 4 else loss
+
+    monkeypatch.setattr(RoSATrainer, "compute_loss", diverging)
+    run_dir = tmp_path / "run"
+    assert rosa_main([*TRAIN, "--output-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "the loss became nan in optimizer step 5" in err and "lower learning rate" in err
+    assert f"the last good checkpoint, {run_dir / 'checkpoint-3'}, is kept" in err
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3"]
+    weights = load_file(run_dir / "checkpoint-3" / "adapter_model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (run_dir / "adapter").exists() and not (run_dir / "run.json").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "0.1"], "cannot be combined with training.lr"),
+    (["--overwrite"], "cannot be combined with --overwrite"),
+])
+def test_resume_refuses_changed_settings(tmp_path, capsys, extra, message):
+    assert rosa_main(["train", "--resume", str(tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_run_or_of_a_non_run_is_refused_unchanged(tmp_path, reference, capsys):
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    assert rosa_main(["train", "--resume", str(reference)]) == 2
+    assert "already finished (run.json exists); nothing to resume" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+    assert rosa_main(["train", "--resume", str(tmp_path)]) == 2
+    assert "is not a run directory (no config.yaml); nothing to resume" in capsys.readouterr().err
