@@ -17,9 +17,10 @@ STATE_NAME = "dls_state.json"
 
 def freeze_under_ddp_message(processes: int) -> str:
     return (
-        f"DLS mode 'freeze' cannot run on {processes} processes: it switches requires_grad on parameters "
-        "that DistributedDataParallel has already registered, and DDP then waits forever for their "
-        "gradients. Use dls.mode=skip (same selections and updates, no compute saved) or train on one process."
+        f"DLS mode 'freeze' cannot run on {processes} processes: it stops gradients of parameters that "
+        "DistributedDataParallel registered when it wrapped the model, and DDP then fails with 'Expected to "
+        "have finished reduction in the prior iteration'. Use dls.mode=skip (the same selections and "
+        "updates, without the compute saving) or train on one process."
     )
 
 

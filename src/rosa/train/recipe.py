@@ -105,7 +105,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     dataset = tokenized_dataset(config, tokenizer)
     device = default_device()
     dtype = resolve_dtype(config.precision, device)
-    args = training_arguments(config, run_dir, dtype)  # joins the process group under accelerate/torchrun
+    args = training_arguments(config, run_dir, dtype, device)  # joins the process group under accelerate/torchrun
     if config.uses_dls and config.dls.mode == "freeze" and args.world_size > 1:
         raise RoSAConfigError(freeze_under_ddp_message(args.world_size))
     base = load_base_model(config.model, precision=config.precision, device=device, trust_remote_code=config.trust_remote_code)
@@ -207,9 +207,12 @@ def _step_of(checkpoint: Path | None) -> int | None:
     return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else None
 
 
-def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dtype) -> TrainingArguments:
+def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dtype, device: torch.device) -> TrainingArguments:
     """LLM-Adapters' Trainer settings (AdamW, linear decay after warm-up, effective batch split
-    over micro-batches and processes); bf16/fp16 autocast follows the model's precision."""
+    over micro-batches and processes); bf16/fp16 autocast follows the model's precision.
+
+    ``use_cpu`` on a machine without accelerator is what makes several launched processes (accelerate,
+    torchrun) train as one data-parallel job over gloo instead of as independent copies."""
     t = config.training
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if t.batch_size % (t.micro_batch_size * world_size):
@@ -242,6 +245,7 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
+        use_cpu=device.type == "cpu",
     )
 
 

@@ -1,0 +1,75 @@
+"""``accelerate launch --num_processes 2`` (gloo on CPU): RoSA with DLS trains the same on every
+process, and like one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import DATA, REPO, STORIES, require
+from processes import ENV
+
+WORKER = str(REPO / "tests" / "distributed_worker.py")
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
+          "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "29517"]
+# global batch 8 = 2 micro-batches of 2 x 2 accumulation steps on 1 process, x 1 step on each of 2
+TRAIN = ["train", "--model", str(STORIES), "--data", "commonsense_mix", "--data-dir", str(DATA), "--method", "rosa",
+         "--max-steps", "8", "--max-samples", "96", "--batch-size", "8", "--micro-batch-size", "2",
+         "--set", "training.cutoff_len=128", "--set", "training.lr=0.01", "--set", "dls.warmup=2", "--set", "dls.interval=2"]
+
+
+def launch(tmp_path, name, processes, *extra):
+    record = tmp_path / f"{name}-record"
+    record.mkdir()
+    command = [*LAUNCH, "--num_processes", str(processes), WORKER] if processes > 1 else [sys.executable, WORKER]
+    done = subprocess.run([*command, *TRAIN, "--output-dir", str(tmp_path / name), *extra], env={**ENV, "ROSA_TEST_RECORD": str(record)},
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    return done, record
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    require(STORIES), require(DATA)
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    single, single_record = launch(tmp_path, "single", 1)
+    assert single.returncode == 0, single.stderr
+    double, double_record = launch(tmp_path, "double", 2)
+    assert double.returncode == 0, double.stderr
+    return tmp_path, single_record, double_record
+
+
+def test_every_process_makes_the_same_selections_and_ends_with_identical_weights(runs):
+    tmp_path, _, record = runs
+    states = [json.loads((record / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [s["world_size"] for s in states] == [2, 2]
+    assert states[0]["history"] == states[1]["history"] and len(states[0]["history"]) == 4
+    weights = [load_file(record / f"rank{rank}.safetensors") for rank in (0, 1)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # process 0 saved the run, and what it saved is what every process holds
+    saved = load_file(tmp_path / "double" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(saved[k], weights[0][k]) for k in saved)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(runs):
+    _, single, double = runs
+    one, two = (json.loads((record / "rank0.json").read_text())["history"] for record in (single, double))
+    assert [(h["step"], h["selected"], h["kind"]) for h in one] == [(h["step"], h["selected"], h["kind"]) for h in two]
+    for a, b in zip(one, two):
+        assert b["scores"] == pytest.approx(a["scores"], rel=1e-4)
+    weights_one, weights_two = (load_file(record / "rank0.safetensors") for record in (single, double))
+    # the same examples per step; only the summation order of the gradients differs
+    for name, tensor in weights_one.items():
+        torch.testing.assert_close(weights_two[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_dls_freeze_mode_is_refused_on_several_processes_before_anything_is_written(tmp_path):
+    require(STORIES), require(DATA)
+    done, _ = launch(tmp_path, "freeze", 2, "--set", "dls.mode=freeze")
+    assert done.returncode != 0
+    assert "DLS mode 'freeze' cannot run on 2 processes" in done.stderr and "dls.mode=skip" in done.stderr
+    assert not (tmp_path / "freeze").exists()
