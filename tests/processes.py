@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +48,15 @@ def start(argv: list[str], slow: tuple[str, float, str] | None = None) -> subpro
     each call of that function (``"module.function"`` for a module-level one) whose arguments'
     ``repr`` contains ``needle`` ("" matches every call)."""
     code = _CHILD.format(slow=slow or ("", 0.0, ""), argv=list(argv))
-    return subprocess.Popen([sys.executable, "-c", code], env=ENV, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads would fill up and block a long run
+    process = subprocess.Popen([sys.executable, "-c", code], env=ENV, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    return process
+
+
+def output(process: subprocess.Popen) -> str:
+    process.log.seek(0)
+    return process.log.read()
 
 
 def run(argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -61,14 +69,14 @@ def kill_when(process: subprocess.Popen, condition: Callable[[], bool], timeout:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
-            raise AssertionError(f"the process ended (rc {process.returncode}) before it could be killed:\n{process.stdout.read()}")
+            raise AssertionError(f"the process ended (rc {process.returncode}) before it could be killed:\n{output(process)}")
         if time.monotonic() > deadline:
             process.kill()
+            process.wait()
             raise AssertionError("the kill condition never held")
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    process.stdout.close()
 
 
 def exists(path: Path) -> Callable[[], bool]:

@@ -44,6 +44,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def check_writable(path: Path, option: str) -> None:
+    """Fail before any work, not at the first save an hour later, when ``path`` cannot be written
+    (``option`` is the flag that chose it, for the message)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise RoSAError(
+            f"cannot write {path}: {existing} is not writable ({err.strerror}). Choose a writable {option}."
+        ) from err
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

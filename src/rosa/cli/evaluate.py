@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from rosa.errors import RoSAError
     from rosa.eval.runner import RESULTS_FILE
     from rosa.eval.targets import evaluate_target, run_eval_dir, run_target
+    from rosa.serialization import check_writable
 
     model_name, adapter, output, data_dir = args.model, args.adapter, args.output, args.data_dir
     if args.run_dir:
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         precision = args.precision or "auto"
 
+    check_writable(Path(output), "--output")
     metrics = evaluate_target(
         model_name, adapter, output, args.tasks, data_dir=data_dir, decoding=args.decoding,
         batch_size=args.batch_size, limit=args.limit, precision=precision,

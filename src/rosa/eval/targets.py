@@ -48,9 +48,11 @@ def evaluate_target(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load the model (and adapter) and evaluate it into ``output``; returns the metrics."""
+    from rosa.data.catalog import expand_tasks
     from rosa.eval.runner import evaluate
     from rosa.loading import load_for_inference
 
+    expand_tasks(tasks)  # a misspelt task fails here, before the model is loaded
     model, tokenizer = load_for_inference(model_name, adapter, precision, trust_remote_code)
     identity = {"model": model_name, "adapter": str(Path(adapter).resolve()) if adapter else None, "precision": precision}
     return evaluate(

@@ -19,7 +19,7 @@ from typing import Any
 from rosa.errors import RoSAError
 from rosa.eval.runner import METRICS_FILE
 from rosa.eval.targets import evaluate_target, run_eval_dir, run_target
-from rosa.serialization import atomic_write_json
+from rosa.serialization import atomic_write_json, check_writable
 from rosa.sweep.plan import Axis, Point, axes_of, expand
 from rosa.train.recipe import train
 from rosa.train.run_dir import CONFIG_FILE, RUN_SUMMARY
@@ -53,6 +53,7 @@ def plan_sweep(directory: str | Path, base: dict[str, Any], preset: str | None, 
     directory = Path(directory)
     fixed, axes = axes_of(preset, grid)
     points = expand(base, fixed, axes, runs_dir=str(directory / RUNS_DIR))
+    check_writable(directory, "--output-dir")
     plan = {
         "base": base,
         "preset": preset,

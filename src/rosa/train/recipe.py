@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import re
 import resource
@@ -28,7 +29,7 @@ from rosa.data.prompts import tokenize_for_training
 from rosa.dls.callback import DLSCallback, freeze_under_ddp_message
 from rosa.errors import RoSAConfigError, RoSAError
 from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype
-from rosa.serialization import atomic_write_bytes, atomic_write_json, staged_directory
+from rosa.serialization import atomic_write_bytes, atomic_write_json, check_writable, staged_directory
 from rosa.train.callbacks import JsonlLogCallback
 from rosa.train.config import METHODS, ExperimentConfig, config_yaml
 from rosa.train.methods import apply_method, match_rank, trainable_parameters
@@ -42,7 +43,6 @@ from rosa.train.run_dir import (
     TENSORBOARD_DIR,
     TRAIN_LOG,
     check_new_run_dir,
-    check_writable,
     prepare_resume,
     resume_point,
     storage_error,
@@ -97,7 +97,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     checkpoint = resume_point(run_dir, config.uses_dls, log) if resume else None
     if not resume:
         check_new_run_dir(run_dir, overwrite)
-    check_writable(run_dir)
+    check_writable(run_dir, "--output-dir")
     config, budget = resolve_budget(config, log)
 
     set_seed(config.seed)
@@ -173,6 +173,12 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
         if err.errno in STORAGE_ERRNOS:
             raise storage_error(err, run_dir) from err
         raise
+    except pickle.UnpicklingError as err:
+        raise RoSAError(
+            f"{checkpoint} holds a file that is not plain tensor data, and rosa loads checkpoints with "
+            f"torch.load(weights_only=True), never running pickled code ({str(err).splitlines()[0]}). Delete "
+            f"{checkpoint} to resume from the checkpoint before it, or start the run again."
+        ) from err
     return summary
 
 

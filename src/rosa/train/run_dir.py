@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from rosa.errors import RoSAError
@@ -40,19 +39,6 @@ def check_new_run_dir(path: Path, overwrite: bool) -> None:
             f"run directory {path} already exists and is not empty; nothing was changed. Choose another "
             f"--output-dir, pass --overwrite to replace it, or `rosa train --resume {path}` to continue it."
         )
-
-
-def check_writable(path: Path) -> None:
-    """Fail before training, not at the first checkpoint an hour later, when ``path`` cannot be written."""
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise RoSAError(
-            f"cannot write the run directory {path}: {existing} is not writable ({err.strerror}). Choose a "
-            "writable --output-dir."
-        ) from err
 
 
 def storage_error(err: OSError, run_dir: Path) -> RoSAError:

@@ -74,6 +74,10 @@ class RoSATrainer(Trainer):
         self.args.output_dir = str(staging)  # the Trainer and every on_save write into the staging copy
         try:
             super()._maybe_log_save_evaluate(*args, **kwargs)
+        except BaseException:
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)  # a full disk needs its space back
+            raise
         finally:
             self.args.output_dir = str(run_dir)
         self.accelerator.wait_for_everyone()  # every process has written its files (RNG states)
