@@ -143,3 +143,29 @@ def test_resume_of_a_finished_run_or_of_a_non_run_is_refused_unchanged(tmp_path,
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
     assert rosa_main(["train", "--resume", str(tmp_path)]) == 2
     assert "is not a run directory (no config.yaml); nothing to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["lora-dls", "pissa"])
+def test_peft_methods_resume_to_the_same_adapter(tmp_path, monkeypatch, method):
+    """PEFT adapters come back through the Trainer's own PeftModel path (safetensors)."""
+    argv = ["train", "--model", str(STORIES), "--data", "commonsense_mix", "--data-dir", str(DATA), "--method", method,
+            "--max-steps", "6", "--max-samples", "24", "--batch-size", "4", "--micro-batch-size", "2",
+            "--set", "training.cutoff_len=96", "--set", "training.save_steps=2", "--set", "lora.r=2",
+            "--set", "dls.warmup=1", "--set", "dls.interval=2"]
+    assert rosa_main([*argv, "--output-dir", str(tmp_path / "whole")]) == 0
+    original = RoSATrainer.training_step
+
+    def stopped(self, *args, **kwargs):
+        if self.state.global_step >= 3:
+            raise RuntimeError("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RoSATrainer, "training_step", stopped)
+    with pytest.raises(RuntimeError, match="killed"):
+        rosa_main([*argv, "--output-dir", str(tmp_path / "resumed")])
+    monkeypatch.undo()
+    assert rosa_main(["train", "--resume", str(tmp_path / "resumed")]) == 0
+    whole, resumed = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("whole", "resumed"))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    if method == "lora-dls":
+        assert (tmp_path / "whole" / "dls_history.json").read_text() == (tmp_path / "resumed" / "dls_history.json").read_text()
