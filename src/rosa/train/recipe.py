@@ -7,6 +7,7 @@ half-writes a run. The directory's layout and resume logic live in :mod:`rosa.tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,6 +18,7 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +118,8 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     # Inputs are all checked (by every process): only now is the run directory touched, by one process.
     args.distributed_state.wait_for_everyone()
     if args.should_save:
-        try:
+        with _explained_failures(run_dir, checkpoint):
             _prepare_run_dir(run_dir, config, model, overwrite, resume, checkpoint)
-        except OSError as err:
-            raise storage_error(err, run_dir) if err.errno in STORAGE_ERRNOS else err
     args.distributed_state.wait_for_everyone()
     if checkpoint is not None:
         log(f"resuming from {checkpoint}")
@@ -139,17 +139,12 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     )
     memory_reset = _reset_peak_memory(device)
     started = time.perf_counter()
-    try:
+    with _explained_failures(run_dir, checkpoint):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
         runtime = time.perf_counter() - started
         if not trainer.args.should_save:
             return {}
-        with staged_directory(run_dir / ADAPTER_DIR) as adapter_dir:
-            if config.method == "pissa":
-                model.save_pretrained(str(adapter_dir), path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
-            else:
-                model.save_pretrained(str(adapter_dir))
-            tokenizer.save_pretrained(str(adapter_dir))
+        _save_final_adapter(run_dir, config, model, tokenizer)
         if dls is not None:
             atomic_write_json(run_dir / DLS_HISTORY, {"config": config.dls.to_dict(), **dls.selector.state_dict()})
         summary = {
@@ -169,6 +164,15 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
             "versions": _versions(),
         }
         atomic_write_json(run_dir / RUN_SUMMARY, summary)
+    return summary
+
+
+@contextlib.contextmanager
+def _explained_failures(run_dir: Path, checkpoint: Path | None) -> Iterator[None]:
+    """A full disk, a permission change or a refused pickle becomes a message that says what is kept
+    and what to do, instead of a traceback."""
+    try:
+        yield
     except OSError as err:
         if err.errno in STORAGE_ERRNOS:
             raise storage_error(err, run_dir) from err
@@ -179,7 +183,15 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
             f"torch.load(weights_only=True), never running pickled code ({str(err).splitlines()[0]}). Delete "
             f"{checkpoint} to resume from the checkpoint before it, or start the run again."
         ) from err
-    return summary
+
+
+def _save_final_adapter(run_dir: Path, config: ExperimentConfig, model, tokenizer) -> None:
+    with staged_directory(run_dir / ADAPTER_DIR) as adapter_dir:
+        if config.method == "pissa":
+            model.save_pretrained(str(adapter_dir), path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
+        else:
+            model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
 
 
 def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, model, overwrite: bool, resume: bool, checkpoint: Path | None) -> None:
