@@ -3,9 +3,9 @@ exactly the weights and DLS history of one clean run.
 
     python tests/soak_resume.py --minutes 30 [--out DIR] [--seed 0]
 
-The clean reference run trains beside the interrupted one (one thread each), so the whole soak
-takes about ``--minutes`` plus a short calibration. Kills land at random moments: half of them
-while a step runs, half the moment a checkpoint starts being written. Exit status 0 when the two
+The clean reference run trains beside the interrupted one (one thread each); the number of steps
+is chosen so that the interrupted run lasts about ``--minutes``. Kills land every 10-60 s: half of
+them while a step runs, half the moment a checkpoint starts being written. Exit status 0 when the two
 runs are bit-identical, 1 otherwise. Kept out of the default suite for its length;
 ``tests/test_soak.py`` runs the same script for a few seconds so it cannot rot.
 """
@@ -38,21 +38,34 @@ def seconds_per_step(out: Path) -> float:
     return json.loads((out / "calibration" / "run.json").read_text())["train_runtime_s"] / 6
 
 
+def saving_since(run_dir: Path, moment: float) -> bool:
+    """Whether a checkpoint is being written into a staging directory created after ``moment``
+    (older ones are leftovers of earlier kills, which the next resume removes)."""
+    for staging in run_dir.glob(".checkpoint-*.partial"):
+        try:
+            if staging.stat().st_mtime > moment:
+                return True
+        except FileNotFoundError:  # published or removed between the listing and the stat
+            pass
+    return False
+
+
 def interrupted_run(run_dir: Path, steps: int, minutes: float, rng: random.Random) -> dict[str, int]:
     """Kill and resume until the time is up, then let the last resume finish."""
     counts = {"kills mid-step": 0, "kills mid-save": 0}
     deadline = time.monotonic() + minutes * 60
+    # a kill every 10-60 s on a long soak (each resume costs a model load), proportionally sooner on a short one
+    shortest, longest = min(10.0, minutes * 6), min(60.0, minutes * 20)
     first = True
     while time.monotonic() < deadline and not (run_dir / "run.json").exists():
         argv = ["train", *SETTINGS, "--max-steps", str(steps), "--output-dir", str(run_dir)] if first else ["train", "--resume", str(run_dir)]
         child = processes.start(argv)
         first = False
+        kill_after = time.time() + rng.uniform(shortest, longest)
         if rng.random() < 0.5:
-            kill_at = time.monotonic() + rng.uniform(3, 20)
-            condition, kind = (lambda: time.monotonic() > kill_at), "kills mid-step"
-        else:
-            seen = {p.name for p in run_dir.glob(".checkpoint-*.partial")}
-            condition, kind = (lambda: any(p.name not in seen for p in run_dir.glob(".checkpoint-*.partial"))), "kills mid-save"
+            condition, kind = (lambda: time.time() > kill_after), "kills mid-step"
+        else:  # the first checkpoint save that starts after that moment
+            condition, kind = (lambda: time.time() > kill_after and saving_since(run_dir, kill_after)), "kills mid-save"
         try:
             processes.kill_when(child, condition, timeout=min(60.0, max(1.0, deadline - time.monotonic())))
             counts[kind] += 1
