@@ -63,6 +63,17 @@ def _averaged_over_processes(grads: list[list[torch.Tensor]]) -> list[list[torch
     return [[next(pieces).view_as(grad) for grad in layer] for layer in grads]
 
 
+def _detach_hidden(module: nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook: the block's hidden-state input without its autograd history, so backward
+    ends here. ``requires_grad`` is kept, since reentrant checkpointing needs an input that requires
+    grad to produce any parameter gradient inside the block."""
+    if args and isinstance(args[0], torch.Tensor):
+        hidden = args[0]
+        return (hidden.detach().requires_grad_(hidden.requires_grad), *args[1:]), kwargs
+    hidden = kwargs["hidden_states"]
+    return args, {**kwargs, "hidden_states": hidden.detach().requires_grad_(hidden.requires_grad)}
+
+
 class DynamicLayerSelector:
     """Chooses which decoder layers train, from LayerNorm-weight gradient norms.
 
@@ -85,6 +96,11 @@ class DynamicLayerSelector:
             for slot, weight in enumerate(group.norm_weights):
                 weight.requires_grad_(True)  # hooks can only be registered on such tensors
                 self._hooks.append(weight.register_post_accumulate_grad_hook(self._divert(group.index, slot)))
+        stack = find_decoder_stack(model)
+        self._layers = stack.layers
+        # Cutting the graph below a layer is only safe when nothing before the decoder layers trains.
+        self._can_cut = not any(p.requires_grad for name, p in model.named_parameters() if stack.layer_of(name) is None)
+        self._cut = None
         self._prepare(self.step_count)
 
     # -- schedule -------------------------------------------------------------------------------
@@ -111,6 +127,22 @@ class DynamicLayerSelector:
                 active = group.index in self.selected
                 for parameter in group.adapter_parameters:
                     parameter.requires_grad_(active)
+        if self.config.mode == "freeze":
+            self._cut_below(0 if scoring else min(self.selected))
+
+    def _cut_below(self, layer: int | None) -> None:
+        """Freeze mode: backward stops at ``layer``, the lowest one that needs a gradient this step.
+
+        Autograd stops there by itself when nothing below requires grad, but transformers'
+        ``gradient_checkpointing_enable`` (and PEFT) make the embedding output require grad, which
+        would drag every backward down to layer 0. Detaching ``layer``'s input (a forward pre-hook)
+        stops it whatever set that flag. ``None`` removes the cut.
+        """
+        if self._cut is not None:
+            self._cut.remove()
+            self._cut = None
+        if layer is not None and self._can_cut:
+            self._cut = self._layers[layer].register_forward_pre_hook(_detach_hidden, with_kwargs=True)
 
     # -- the step -------------------------------------------------------------------------------
     def step(self) -> None:
@@ -191,6 +223,7 @@ class DynamicLayerSelector:
         """Detach from the model: remove hooks, freeze norms, make every adapter parameter trainable."""
         for handle in self._hooks:
             handle.remove()
+        self._cut_below(None)
         for group in self.groups:
             for weight in group.norm_weights:
                 weight.requires_grad_(False)

@@ -72,7 +72,38 @@ class RoAE(nn.Module):
         signal = self.signals[target](hidden).unflatten(-1, (n_heads, self.d_low))  # [b, s, h, d_low]
         if heads_axis == 1:
             signal = signal.transpose(1, 2)
-        low = states.index_select(-1, self.low_dims)
-        low32 = low.to(signal.dtype)
-        adapted = (low32 + low32 * (self.alpha * signal)).to(states.dtype)
-        return states.index_copy(-1, self.low_dims, adapted)
+        return _ScaleLowDims.apply(states, self.alpha * signal, self.low_dims)
+
+
+class _ScaleLowDims(torch.autograd.Function):
+    """``states`` with the dims ``low_dims`` replaced by ``low + low * scale``, computed in ``scale``'s
+    dtype and rounded once to the states' dtype.
+
+    The backward is written by hand because autograd through the plain ``index_select`` /
+    ``index_copy`` formulation allocates two full-size gradients of the states per call (the
+    incoming gradient with the low dims zeroed, and the low dims scattered into zeros) and makes a
+    third full pass to sum them; here the states' gradient is one ``index_copy`` of the incoming
+    gradient, since ``d out / d low = 1 + scale`` on the low dims and 1 elsewhere. Forward and
+    gradients are bitwise those of the plain formulation, and only the (small) low dims are kept
+    for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, states, scale, low_dims):
+        low = states.index_select(-1, low_dims)
+        ctx.save_for_backward(low if ctx.needs_input_grad[1] else None, scale, low_dims)
+        return states.index_copy(-1, low_dims, _scaled(low, scale))
+
+    @staticmethod
+    def backward(ctx, grad):
+        low, scale, low_dims = ctx.saved_tensors
+        grad_low = grad.index_select(-1, low_dims)
+        grad_states = grad.index_copy(-1, low_dims, _scaled(grad_low, scale)) if ctx.needs_input_grad[0] else None
+        grad_scale = grad_low.to(scale.dtype) * low.to(scale.dtype) if ctx.needs_input_grad[1] else None
+        return grad_states, grad_scale, None
+
+
+def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x + x * scale`` in ``scale``'s dtype, back in ``x``'s."""
+    x32 = x.to(scale.dtype)
+    return (x32 + x32 * scale).to(x.dtype)

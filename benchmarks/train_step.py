@@ -1,0 +1,390 @@
+"""Time and peak memory per optimizer step of RoSA against LoRA, DoRA and the frozen-model floor.
+
+    python benchmarks/train_step.py --model tiny                      # quick check, about a minute on a CPU
+    python benchmarks/train_step.py --model qwen0.5b --batch-size 1 --seq-len 128 --steps 8 --warmup-steps 2
+    python benchmarks/train_step.py --model ../shared/models/stories260K-hf --json out.json
+
+Same model, batch, sequence length and (seeded) input ids for every variant:
+
+- floor: the frozen model, no trainable parameter, gradient flowing from the loss to the input
+  embeddings; no adapter can be cheaper than this;
+- lora / dora: peft with the project's LoRA defaults (`rosa train`'s targets, dropout, alpha/r), at
+  the rank whose trainable count matches RoSA's (`rosa.train.methods.match_rank`);
+- roae: RoSA's adapter on every layer, no DLS;
+- dls-skip / dls-freeze: RoSA with DLS driven the README way (backward; selector.step();
+  optimizer.step(); zero_grad), selecting from step `--dls-warmup` on, every `--dls-interval` steps;
+- dls-freeze-top: information, not a goal: dls-freeze with every selection replaced by the top k
+  layers, the selection under which freeze's truncation of backward saves the most. (With random
+  weights the scores fall with depth, so DLS itself picks the bottom layers and truncates nothing.)
+
+Each variant runs in a fresh subprocess (this script re-executed with `--variant`), so its peak
+memory is its own: Linux VmHWM, reset once the model is built, on CPU; max allocated on CUDA. Random
+weights for the named shapes are fine: only time and memory are measured. `--dls-interval` (short)
+only makes the timed steps include scoring steps; the figures describe a run that selects every
+`--run-interval` steps (DLSConfig's default): a DLS variant's step time is its steady state,
+`((run_interval - 1) * median(non-scoring steps) + median(scoring steps)) / run_interval`, and DLS
+overhead is the time inside `selector.step()` plus the extra cost of a scoring step (measured in
+skip mode, where nothing else differs) amortised over `run_interval`, as a share of the step.
+
+Steps are timed by the wall clock (the default) and by the process's CPU time (`--clock cpu`,
+which leaves out time spent waiting for a core on a shared machine). `--rounds N` runs the variants
+N times, interleaved, and takes the median, so a busy spell on a shared machine does not fall on
+one variant only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig
+from rosa.loading import PRECISIONS, load_base_model, resolve_dtype
+from rosa.train.config import ExperimentConfig
+from rosa.train.methods import apply_method, match_rank, trainable_parameters, with_rank
+
+VARIANTS = ("floor", "lora", "dora", "roae", "dls-skip", "dls-freeze", "dls-freeze-top")
+DLS_MODES = {"dls-skip": "skip", "dls-freeze": "freeze", "dls-freeze-top": "freeze"}
+METHODS = {"lora": "lora", "dora": "dora", "roae": "roae", **{variant: "rosa" for variant in DLS_MODES}}
+CLOCKS = {"wall": "ms", "cpu": "cpu_ms"}
+SHAPES = {
+    "tiny": ("llama", dict(hidden_size=128, intermediate_size=344, num_hidden_layers=8, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=1024, max_position_embeddings=512)),
+    # Qwen2.5-0.5B's config.
+    "qwen0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                               num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                               rope_theta=1000000.0, tie_word_embeddings=True)),
+}
+GOAL_ROAE_VS_FLOOR, GOAL_FREEZE_VS_LORA, GOAL_DLS_OVERHEAD = 1.10, 0.85, 0.02
+
+
+# -- building ---------------------------------------------------------------------------------------
+def model_config(name: str):
+    if name in SHAPES:
+        model_type, fields = SHAPES[name]
+        return AutoConfig.for_model(model_type, **fields)
+    return AutoConfig.from_pretrained(name)
+
+
+def experiment(args, method: str, rank: int | None = None):
+    """The project's experiment config for ``method``: what `rosa train` would build."""
+    config = ExperimentConfig(model=args.config_dir, data="unused", output_dir="unused", method=method,
+                              seed=args.seed, rosa=RoSAConfig(targets=tuple(args.targets.split(","))))
+    return config if rank is None else with_rank(config, rank)
+
+
+def matched_budget(args) -> dict:
+    """RoSA's trainable count and the LoRA/DoRA ranks that match it, counted on the meta device."""
+    rosa = trainable_parameters(experiment(args, "rosa"))
+    budget = {"rosa": rosa}
+    for method in ("lora", "dora"):
+        _, rank, count = match_rank(experiment(args, method), rosa)
+        budget[method] = {"rank": rank, "trainable": count}
+    return budget
+
+
+def build_base(args, device: torch.device):
+    if args.model not in SHAPES:
+        return load_base_model(args.model, precision=args.dtype, device=device)
+    torch.manual_seed(args.seed)
+    base = AutoModelForCausalLM.from_config(model_config(args.model), dtype=resolve_dtype(args.dtype, device))
+    return base.to(device)
+
+
+def build_variant(args, base):
+    """The model ``args.variant`` trains; the floor is the frozen base itself."""
+    if args.variant == "floor":
+        return base.requires_grad_(False)
+    return apply_method(base, experiment(args, METHODS[args.variant], args.rank))
+
+
+def build_selector(args, model):
+    """DLS for the dls-* variants. Made after the optimizer, as DLSCallback does, so the optimizer
+    holds every adapter parameter and no norm weight."""
+    if args.variant not in DLS_MODES:
+        return None
+    dls = DLSConfig(k_ratio=args.k_ratio, mode=DLS_MODES[args.variant], warmup=args.dls_warmup,
+                    interval=args.dls_interval, seed=args.seed)
+    return DynamicLayerSelector(model, dls)
+
+
+def pin_to_top(selector) -> None:
+    """dls-freeze-top: replace a new selection by the top k layers, through the public state API."""
+    top = list(range(selector.n_layers - selector.k, selector.n_layers))
+    if selector.history and selector.selected != top:
+        state = selector.state_dict()
+        state["selected"] = top
+        selector.load_state_dict(state)
+
+
+# -- measuring --------------------------------------------------------------------------------------
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Start the peak-memory count here; returns the memory in use now (MiB)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+    return _status_mib("VmRSS")
+
+
+def peak_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _status_mib("VmHWM")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loss_of(args, model, forward, input_ids):
+    """The floor feeds embeddings that require grad, so backward runs all the way down to them."""
+    if args.variant == "floor":
+        embeddings = model.get_input_embeddings()(input_ids).requires_grad_(True)
+        return forward(inputs_embeds=embeddings, labels=input_ids, use_cache=False).loss
+    return forward(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+
+
+def timed_step(args, model, forward, input_ids, optimizer, selector, device) -> dict:
+    """One optimizer step the README way, timed; ``selector_ms`` is the part inside selector.step(),
+    ``lowest`` the lowest layer selected while it ran (freeze's backward stops there)."""
+    scoring = selector is not None and selector.is_scoring_step(selector.step_count)
+    lowest = min(selector.selected) if selector is not None else None
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    loss_of(args, model, forward, input_ids).backward()
+    selector_s = 0.0
+    if selector is not None:
+        sync(device)
+        selector_started = time.perf_counter()
+        selector.step()
+        sync(device)
+        selector_s = time.perf_counter() - selector_started
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    return {"ms": 1e3 * (time.perf_counter() - wall), "cpu_ms": 1e3 * (time.process_time() - cpu),
+            "selector_ms": 1e3 * selector_s, "scoring": scoring, "lowest": lowest}
+
+
+def run_variant(args) -> dict:
+    """Train ``args.variant`` for warm-up + timed steps; per-step times and the peak memory."""
+    device = torch.device(args.device)
+    model = build_variant(args, build_base(args, device)).train()
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    forward = torch.compile(model) if args.compile else model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
+    selector = build_selector(args, model)
+    input_ids = torch.randint(model.config.vocab_size, (args.batch_size, args.seq_len),
+                              generator=torch.Generator().manual_seed(args.seed)).to(device)
+    in_use = reset_peak_memory(device)
+    steps = []
+    for step in range(args.warmup_steps + args.steps):
+        timed = timed_step(args, model, forward, input_ids, optimizer, selector, device)
+        if step >= args.warmup_steps:
+            steps.append(timed)
+        if args.variant == "dls-freeze-top":
+            pin_to_top(selector)
+    return {
+        "variant": args.variant,
+        "trainable": sum(p.numel() for p in trainable),
+        "steps": steps,
+        "peak_mib": peak_memory(device),
+        "in_use_before_mib": in_use,
+        "selections": [record["selected"] for record in selector.history] if selector else [],
+        "scores": [record["scores"] for record in selector.history] if selector else [],
+        "threads": torch.get_num_threads(),
+    }
+
+
+# -- the parent: one subprocess per variant, then the table -----------------------------------------
+def child_command(args, variant: str, rank: int | None) -> list[str]:
+    command = [sys.executable, __file__, "--variant", variant, "--config-dir", args.config_dir]
+    for name in ("model", "steps", "warmup_steps", "batch_size", "seq_len", "dtype", "device", "k_ratio",
+                 "dls_warmup", "dls_interval", "targets", "seed"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    command += ["--gradient-checkpointing"] * args.gradient_checkpointing + ["--compile"] * args.compile
+    return command + (["--rank", str(rank)] if rank is not None else [])
+
+
+def run_child(args, variant: str, rank: int | None) -> dict:
+    completed = subprocess.run(child_command(args, variant, rank), capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"variant {variant} failed:\n{completed.stderr[-4000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarise(result: dict, run_interval: int, clock: str = "wall") -> dict:
+    """Step time by ``clock`` (DLS: steady state over a run) and DLS's own costs, from one variant's steps."""
+    steps, key = result["steps"], CLOCKS[clock]
+    summary = {"trainable": result["trainable"], "peak_mib": result["peak_mib"],
+               "train_mib": result["peak_mib"] - result["in_use_before_mib"],
+               "median_ms": _median([s[key] for s in steps]), "selections": result["selections"],
+               "lowest": [s["lowest"] for s in steps]}
+    if result["variant"] in DLS_MODES:
+        plain = _median([s[key] for s in steps if not s["scoring"]])
+        scoring = _median([s[key] for s in steps if s["scoring"]])
+        selector = statistics.fmean(s["selector_ms"] for s in steps)
+        summary.update(non_scoring_ms=plain, scoring_ms=scoring, selector_ms=selector,
+                       step_ms=((run_interval - 1) * plain + scoring) / run_interval)
+    else:
+        summary["step_ms"] = summary["median_ms"]
+    return summary
+
+
+def dls_overhead(summaries: dict, mode: str, run_interval: int) -> float:
+    """selector.step() time plus the scoring steps' extra cost (skip mode's, where only scoring differs)
+    amortised over ``run_interval``, as a share of ``mode``'s step."""
+    skip = summaries["dls-skip"]
+    scoring_extra = max(0.0, skip["scoring_ms"] - skip["non_scoring_ms"]) / run_interval
+    return (summaries[mode]["selector_ms"] + scoring_extra) / summaries[mode]["step_ms"]
+
+
+def goals(summaries: dict, run_interval: int) -> list[tuple[str, bool, str]]:
+    """(goal, passed, measured) for each goal of issue 5."""
+    floor, lora = summaries["floor"]["step_ms"], summaries["lora"]["step_ms"]
+    roae, freeze = summaries["roae"]["step_ms"], summaries["dls-freeze"]["step_ms"]
+    rosa_peaks = {v: summaries[v]["peak_mib"] for v in ("roae", "dls-skip", "dls-freeze")}
+    overheads = {mode: dls_overhead(summaries, mode, run_interval) for mode in ("dls-skip", "dls-freeze")}
+    lora_peak = summaries["lora"]["peak_mib"]
+    return [
+        (f"RoAE (all layers) step <= {GOAL_ROAE_VS_FLOOR:.2f}x floor", roae <= GOAL_ROAE_VS_FLOOR * floor,
+         f"{roae / floor:.3f}x"),
+        ("RoAE (all layers) step <= matched LoRA", roae <= lora, f"{roae / lora:.3f}x"),
+        (f"DLS freeze step (over a run) <= {GOAL_FREEZE_VS_LORA:.2f}x matched LoRA", freeze <= GOAL_FREEZE_VS_LORA * lora,
+         f"{freeze / lora:.3f}x"),
+        ("peak memory of RoSA <= matched LoRA", max(rosa_peaks.values()) <= lora_peak,
+         ", ".join(f"{v} {p:.0f}" for v, p in rosa_peaks.items()) + f" vs lora {lora_peak:.0f} MiB"),
+        (f"DLS selection + scoring overhead <= {GOAL_DLS_OVERHEAD:.0%} of step",
+         max(overheads.values()) <= GOAL_DLS_OVERHEAD, ", ".join(f"{mode} {share:.2%}" for mode, share in overheads.items())),
+    ]
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def machine(args) -> str:
+    if torch.device(args.device).type == "cuda":
+        where = torch.cuda.get_device_name(args.device)
+    else:
+        where = f"{_cpu_name()}, {os.cpu_count()} CPUs"
+    return f"{where}, torch {torch.__version__}, {platform.system()} {platform.release()}"
+
+
+def print_report(args, budget: dict, summaries: dict, threads: int) -> list:
+    floor, lora = summaries["floor"]["step_ms"], summaries["lora"]["step_ms"]
+    print(f"model {args.model}, batch {args.batch_size} x seq {args.seq_len}, {args.dtype} on {args.device}, "
+          f"{args.steps} timed steps after {args.warmup_steps} warm-up, gradient checkpointing "
+          f"{args.gradient_checkpointing}, compile {args.compile}")
+    print(f"machine: {machine(args)}, {threads} torch threads; clock: {args.clock}")
+    print(f"RoSA targets {args.targets}: {budget['rosa']:,d} trainable; matched LoRA r={budget['lora']['rank']}, "
+          f"DoRA r={budget['dora']['rank']}; DLS k_ratio {args.k_ratio}, warmup {args.dls_warmup}, interval "
+          f"{args.dls_interval}; DLS figures for a run with interval {args.run_interval}")
+    print(f"{'variant':<15}{'trainable':>10}{'step ms':>10}{'peak MiB':>10}{'train MiB':>11}{'x floor':>9}{'x LoRA':>8}")
+    for variant, s in summaries.items():
+        print(f"{variant:<15}{s['trainable']:>10,d}{s['step_ms']:>10.1f}{s['peak_mib']:>10.0f}{s['train_mib']:>11.0f}"
+              f"{s['step_ms'] / floor:>9.3f}{s['step_ms'] / lora:>8.3f}")
+    print("step ms: median; for dls-* the steady state of that run. train MiB: peak minus memory in use before step 0.")
+    for variant in DLS_MODES:
+        s = summaries[variant]
+        print(f"{variant}: non-scoring {s['non_scoring_ms']:.1f} ms, scoring {s['scoring_ms']:.1f} ms, selector.step() "
+              f"{s['selector_ms']:.2f} ms ({s['selector_ms'] / s['step_ms']:.2%}), overhead "
+              f"{dls_overhead(summaries, variant, args.run_interval):.2%} (at interval {args.dls_interval}: "
+              f"{dls_overhead(summaries, variant, args.dls_interval):.2%}); lowest selected layer per step {s['lowest']}")
+    checks = goals(summaries, args.run_interval)
+    for text, passed, detail in checks:
+        print(f"[{'PASS' if passed else 'FAIL'}] {text}: {detail}")
+    return checks
+
+
+def run_all(args) -> None:
+    with tempfile.TemporaryDirectory() as config_dir:
+        model_config(args.model).save_pretrained(config_dir)
+        args.config_dir = config_dir
+        budget = matched_budget(args)
+        ranks = {"lora": budget["lora"]["rank"], "dora": budget["dora"]["rank"]}
+        rounds = [{v: run_child(args, v, ranks.get(v)) for v in VARIANTS} for _ in range(args.rounds)]
+    # Rounds interleave the variants, so a slow spell on a shared machine hits all of them.
+    summaries = {}
+    for variant in VARIANTS:
+        per_round = [summarise(r[variant], args.run_interval, args.clock) for r in rounds]
+        summaries[variant] = {k: (statistics.median(x[k] for x in per_round) if isinstance(v, float) else v)
+                              for k, v in per_round[0].items()}
+    checks = print_report(args, budget, summaries, rounds[0]["floor"]["threads"])
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "args": {k: v for k, v in vars(args).items() if k != "config_dir"}, "machine": machine(args),
+            "budget": budget, "summaries": summaries, "rounds": rounds,
+            "goals": [{"goal": t, "passed": p, "measured": d} for t, p, d in checks]}, indent=1))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help=f"{' | '.join(SHAPES)} (random weights) or a local model directory")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per variant")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps first (allocator, compile)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--dtype", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trained model")
+    parser.add_argument("--k-ratio", type=float, default=0.5)
+    parser.add_argument("--dls-warmup", type=int, default=1,
+                        help="DLS warmup: steps that train every layer before the first selection")
+    parser.add_argument("--dls-interval", type=int, default=5, help="DLS interval of the benchmark's own short run")
+    parser.add_argument("--run-interval", type=int, default=DLSConfig().interval,
+                        help="DLS interval of the run the figures describe (weights the scoring steps)")
+    parser.add_argument("--targets", default="q,k", help="RoAE targets (examples/quickstart.yaml: q,k)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every variant this many times, interleaved")
+    parser.add_argument("--clock", default="wall", choices=tuple(CLOCKS), help="which step time the ratios and goals use")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write all figures here")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one subprocess
+    parser.add_argument("--config-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    warnings.simplefilter("ignore", FutureWarning)  # transformers 5's renames, raised inside peft/transformers
+    if args.variant is None:
+        run_all(args)
+        return
+    print(json.dumps(run_variant(args)))
+
+
+if __name__ == "__main__":
+    main()

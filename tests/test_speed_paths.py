@@ -1,0 +1,180 @@
+"""The paths that make RoSA cheap to train (issue 5): RoAE's hand-written modulation backward, DLS
+``freeze`` truncating backward (with and without gradient checkpointing), and torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+
+from conftest import tiny_model
+from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, get_rosa_model
+from rosa.roae.layer import _ScaleLowDims
+
+N_LAYERS = 4
+CHECKPOINTING = {"plain": None, "non-reentrant": {"use_reentrant": False}, "reentrant": {"use_reentrant": True}}
+
+
+def plain_modulation(states, scale, low_dims):
+    """The straightforward autograd formulation (what RoAE.modulate did before): the reference."""
+    low32 = states.index_select(-1, low_dims).to(scale.dtype)
+    return states.index_copy(-1, low_dims, (low32 + low32 * scale).to(states.dtype))
+
+
+def modulation_results(function, states, scale, low_dims, grad):
+    states, scale = states.detach().requires_grad_(), scale.detach().requires_grad_()
+    out = function(states, scale, low_dims)
+    out.backward(grad)
+    return out, states.grad, scale.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("low_dims", [[6, 7, 14, 15], [0, 2, 3, 8, 10, 11]], ids=["standard", "scattered"])
+def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, low_dims):
+    generator = torch.Generator().manual_seed(0)
+    # [batch, heads, seq, dim] as a transposed view, which is how q and k leave RoPE.
+    states = torch.randn(2, 5, 3, 16, generator=generator).to(dtype).transpose(1, 2)
+    scale = torch.randn(2, 5, 3, len(low_dims), generator=generator).transpose(1, 2)
+    grad = torch.randn(2, 3, 5, 16, generator=generator).to(dtype)
+    index = torch.tensor(low_dims)
+    expected = modulation_results(plain_modulation, states, scale, index, grad)
+    actual = modulation_results(_ScaleLowDims.apply, states, scale, index, grad)
+    for name, a, e in zip(("output", "states grad", "scale grad"), actual, expected):
+        assert torch.equal(a, e), name
+
+
+def test_modulation_gradients_pass_gradcheck():
+    generator = torch.Generator().manual_seed(1)
+    states = torch.randn(1, 2, 3, 8, dtype=torch.float64, generator=generator, requires_grad=True)
+    scale = torch.randn(1, 2, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(_ScaleLowDims.apply, (states, scale, torch.tensor([2, 3, 6, 7])))
+
+
+def rosa_model(checkpointing: str = "plain"):
+    model = get_rosa_model(tiny_model("llama", num_hidden_layers=N_LAYERS), RoSAConfig(init_seed=0)).train()
+    if CHECKPOINTING[checkpointing] is not None:
+        model.gradient_checkpointing_enable(CHECKPOINTING[checkpointing])
+    return model
+
+
+def tokens_for(step: int) -> torch.Tensor:
+    return torch.randint(3, 97, (4, 10), generator=torch.Generator().manual_seed(100 + step))
+
+
+def backward_with_reach(model, tokens) -> set[int]:
+    """Run one forward/backward; return the decoder layers whose backward ran."""
+    reached: set[int] = set()
+    handles = [
+        layer.register_full_backward_pre_hook(lambda module, grad, i=i: reached.add(i))
+        for i, layer in enumerate(model.base_model.model.layers)
+    ]
+    try:
+        model(tokens, labels=tokens).loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return reached
+
+
+def finish_step(selector, optimizer) -> None:
+    selector.step()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("checkpointing", list(CHECKPOINTING))
+def test_freeze_backward_stops_below_the_lowest_selected_layer_except_on_scoring_steps(checkpointing):
+    """warmup=1, interval=2: steps 0 and 2 are scoring steps (every layer is scored), step 1 runs
+    under the first selection. Gradient checkpointing makes the embedding output require grad, which
+    without the selector's cut would drag every backward down to layer 0."""
+    model = rosa_model(checkpointing)
+    selector = DynamicLayerSelector(model, DLSConfig(warmup=1, interval=2, p_exploit=0.0, mode="freeze", seed=1))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    everything = set(range(N_LAYERS))
+    assert backward_with_reach(model, tokens_for(0)) == everything
+    finish_step(selector, optimizer)
+    lowest = min(selector.selected)
+    assert lowest > 0, "seed chosen so the selection leaves layer 0 out"
+    assert backward_with_reach(model, tokens_for(1)) == set(range(lowest, N_LAYERS))
+    assert all(p.grad is not None for i in selector.selected for p in selector.groups[i].adapter_parameters)
+    finish_step(selector, optimizer)
+    assert backward_with_reach(model, tokens_for(2)) == everything
+    finish_step(selector, optimizer)
+    assert len(selector.history) == 2
+
+
+@pytest.mark.parametrize("checkpointing", ["plain", "non-reentrant"])
+def test_skip_mode_still_runs_the_full_backward(checkpointing):
+    model = rosa_model(checkpointing)
+    selector = DynamicLayerSelector(model, DLSConfig(warmup=1, interval=2, p_exploit=0.0, mode="skip", seed=1))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(3):
+        assert backward_with_reach(model, tokens_for(step)) == set(range(N_LAYERS))
+        finish_step(selector, optimizer)
+    assert selector._cut is None
+
+
+@pytest.mark.parametrize("checkpointing", ["non-reentrant", "reentrant"])
+def test_freeze_under_gradient_checkpointing_gives_the_plain_gradients_every_step(checkpointing):
+    def run(kind: str):
+        model = rosa_model(kind)
+        selector = DynamicLayerSelector(model, DLSConfig(warmup=1, interval=2, p_exploit=0.5, mode="freeze", seed=4))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        grads = []
+        for step in range(5):
+            tokens = tokens_for(step)
+            model(tokens, labels=tokens).loss.backward()
+            grads.append({n: p.grad.clone() for n, p in model.adapter_parameters().items() if p.grad is not None})
+            finish_step(selector, optimizer)
+        return grads, [record["selected"] for record in selector.history]
+
+    plain_grads, plain_selections = run("plain")
+    checkpointed_grads, checkpointed_selections = run(checkpointing)
+    assert checkpointed_selections == plain_selections
+    for plain, checkpointed in zip(plain_grads, checkpointed_grads):
+        assert checkpointed.keys() == plain.keys()
+        for name in plain:
+            torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+def test_remove_takes_the_cut_away():
+    model = rosa_model("non-reentrant")
+    selector = DynamicLayerSelector(model, DLSConfig(warmup=1, interval=2, p_exploit=0.0, mode="freeze", seed=1))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    backward_with_reach(model, tokens_for(0))
+    finish_step(selector, optimizer)
+    selector.remove()
+    assert backward_with_reach(model, tokens_for(1)) == set(range(N_LAYERS))
+
+
+def test_torch_compile_trains_rosa_with_dls_freeze_like_eager():
+    """Dynamo (torch 2.13) cannot trace ``ContextVar.get``/``set``, which the rotary hook uses to know
+    which adapter's block is running; so each adapted attention block is split at graph breaks (and
+    ``fullgraph=True`` is impossible), and freeze mode's ``requires_grad`` changes recompile. It must
+    still train like eager: same selections, same losses. ``aot_eager`` traces forward and backward like inductor does,
+    without inductor's C++ compile (over a minute on this CPU)."""
+
+    def run(compiled: bool):
+        base = tiny_model("llama", attn="sdpa", num_hidden_layers=N_LAYERS)
+        model = get_rosa_model(base, RoSAConfig(targets=("q", "k"), init_seed=0)).train()
+        selector = DynamicLayerSelector(model, DLSConfig(warmup=1, interval=2, p_exploit=0.5, mode="freeze", seed=1))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        forward = torch.compile(model, backend="aot_eager") if compiled else model
+        losses = []
+        for step in range(4):
+            tokens = tokens_for(step)
+            loss = forward(tokens, labels=tokens).loss
+            loss.backward()
+            finish_step(selector, optimizer)
+            losses.append(loss.item())
+        return losses, selector.history
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager_losses, eager_history = run(False)
+    compiled_losses, compiled_history = run(True)
+    assert [r["selected"] for r in compiled_history] == [r["selected"] for r in eager_history]
+    torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=1e-6)
+    breaks = torch._dynamo.utils.counters["graph_break"]
+    assert breaks and all("ContextVar" in reason for reason in breaks), list(breaks)
+    torch._dynamo.reset()
