@@ -84,6 +84,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(family, tokens):
         assert plain[name].abs().sum() > 0
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_only_reentrant_checkpointing_makes_the_embedding_output_require_grad(reentrant, tokens):
+    """Without it, backward stops at the lowest adapted layer instead of running down to the embeddings."""
+    model = get_rosa_model(tiny_model("llama"), RoSAConfig()).train()
+    model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+    embedded = model.get_input_embeddings()(tokens)
+    assert embedded.requires_grad is reentrant
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_base_keeps_fp32_adapter_math(dtype, tokens):
     base = tiny_model("llama", dtype=dtype)

@@ -84,11 +84,15 @@ class RoSAModel(nn.Module):
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Non-reentrant checkpointing by default: the frozen base's inputs carry no gradient, and
-        reentrant checkpointing would then drop the adapters' gradients."""
+        reentrant checkpointing would then drop the adapters' gradients. transformers makes the
+        embedding output require grad whenever checkpointing is on; only the reentrant variant needs
+        that, so otherwise it is undone and backward stops at the lowest layer that trains."""
         kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if kwargs["use_reentrant"]:
             self.base_model.enable_input_require_grads()
+        else:
+            self.base_model.disable_input_require_grads()
 
     def merge_and_unload(self):
         raise NotImplementedError(
