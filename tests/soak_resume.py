@@ -58,9 +58,9 @@ def interrupted_run(run_dir: Path, steps: int, minutes: float, rng: random.Rando
     shortest, longest = min(10.0, minutes * 6), min(60.0, minutes * 20)
     first = True
     while time.monotonic() < deadline and not (run_dir / "run.json").exists():
-        argv = ["train", *SETTINGS, "--max-steps", str(steps), "--output-dir", str(run_dir)] if first else ["train", "--resume", str(run_dir)]
+        argv = (["train", *SETTINGS, "--max-steps", str(steps), "--output-dir", str(run_dir), "--overwrite"] if first
+                else ["train", "--resume", str(run_dir)])
         child = processes.start(argv)
-        first = False
         kill_after = time.time() + rng.uniform(shortest, longest)
         if rng.random() < 0.5:
             condition, kind = (lambda: time.time() > kill_after), "kills mid-step"
@@ -73,6 +73,7 @@ def interrupted_run(run_dir: Path, steps: int, minutes: float, rng: random.Rando
             if child.returncode not in (0, -9):
                 sys.exit(f"a training process failed:\n{processes.output(child)}")
             counts["kills mid-step"] += child.returncode == -9
+        first = not (run_dir / "config.yaml").exists()  # killed before the run existed: start it again
     if not (run_dir / "run.json").exists():
         done = processes.run(["train", "--resume", str(run_dir)], timeout=None)
         if done.returncode:

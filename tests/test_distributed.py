@@ -4,6 +4,7 @@ process, and like one process with the same global batch."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -16,17 +17,24 @@ from processes import ENV
 
 WORKER = str(REPO / "tests" / "distributed_worker.py")
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", "29517"]
+          "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
 # global batch 8 = 2 micro-batches of 2 x 2 accumulation steps on 1 process, x 1 step on each of 2
 TRAIN = ["train", "--model", str(STORIES), "--data", "commonsense_mix", "--data-dir", str(DATA), "--method", "rosa",
          "--max-steps", "8", "--max-samples", "96", "--batch-size", "8", "--micro-batch-size", "2",
          "--set", "training.cutoff_len=128", "--set", "training.lr=0.01", "--set", "dls.warmup=2", "--set", "dls.interval=2"]
 
 
+def free_port() -> int:
+    """A port nobody listens on now, so parallel test runs do not collide on the rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(tmp_path, name, processes, *extra):
     record = tmp_path / f"{name}-record"
     record.mkdir()
-    command = [*LAUNCH, "--num_processes", str(processes), WORKER] if processes > 1 else [sys.executable, WORKER]
+    command = [*LAUNCH, "--main_process_port", str(free_port()), "--num_processes", str(processes), WORKER] if processes > 1 else [sys.executable, WORKER]
     done = subprocess.run([*command, *TRAIN, "--output-dir", str(tmp_path / name), *extra], env={**ENV, "ROSA_TEST_RECORD": str(record)},
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     return done, record

