@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig
+from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, memory
 from rosa.loading import PRECISIONS, load_base_model, resolve_dtype
 from rosa.train.config import ExperimentConfig
 from rosa.train.methods import apply_method, match_rank, trainable_parameters, with_rank
@@ -129,29 +129,6 @@ def pin_to_top(selector) -> None:
 
 
 # -- measuring --------------------------------------------------------------------------------------
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak_memory(device: torch.device) -> float:
-    """Start the peak-memory count here; returns the memory in use now (MiB)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
-    return _status_mib("VmRSS")
-
-
-def peak_memory(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _status_mib("VmHWM")
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -200,7 +177,8 @@ def run_variant(args) -> dict:
     selector = build_selector(args, model)
     input_ids = torch.randint(model.config.vocab_size, (args.batch_size, args.seq_len),
                               generator=torch.Generator().manual_seed(args.seed)).to(device)
-    in_use = reset_peak_memory(device)
+    in_use = memory.in_use(device)
+    was_reset = memory.reset_peak(device)
     steps = []
     for step in range(args.warmup_steps + args.steps):
         timed = timed_step(args, model, forward, input_ids, optimizer, selector, device)
@@ -212,8 +190,8 @@ def run_variant(args) -> dict:
         "variant": args.variant,
         "trainable": sum(p.numel() for p in trainable),
         "steps": steps,
-        "peak_mib": peak_memory(device),
-        "in_use_before_mib": in_use,
+        "peak_mib": memory.peak(device, was_reset)[0] / 2**20,
+        "in_use_before_mib": in_use / 2**20,
         "selections": [record["selected"] for record in selector.history] if selector else [],
         "scores": [record["scores"] for record in selector.history] if selector else [],
         "threads": torch.get_num_threads(),

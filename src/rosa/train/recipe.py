@@ -13,10 +13,7 @@ import json
 import os
 import pickle
 import random
-import re
-import resource
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
+from rosa import memory
 from rosa.data import load_dataset
 from rosa.data.prompts import tokenize_for_training
 from rosa.dls.callback import DLSCallback, freeze_under_ddp_message
@@ -49,6 +47,7 @@ from rosa.train.run_dir import (
     prepare_resume,
     resume_point,
     save_failure,
+    save_failures_explained,
 )
 from rosa.train.trainer import RoSATrainer
 from rosa.version import __version__
@@ -141,14 +140,14 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
         data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, padding=True, return_tensors="pt"),
         callbacks=callbacks,
     )
-    memory_reset = _reset_peak_memory(device)
+    memory_reset = memory.reset_peak(device)  # runs sharing a process (a sweep) each measure themselves
     started = time.perf_counter()
     with _explained_failures(run_dir, checkpoint, "a checkpoint"):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     runtime = time.perf_counter() - started
     if not trainer.args.should_save:
         return {}
-    with _explained_failures(run_dir, checkpoint, "the final adapter", any_error=True):
+    with save_failures_explained(run_dir, "the final adapter"):
         _save_final_adapter(run_dir, config, model, tokenizer)
         if dls is not None:
             atomic_write_json(run_dir / DLS_HISTORY, {"config": config.dls.to_dict(), **dls.selector.state_dict()})
@@ -164,7 +163,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
             "train_loss": _logged_mean_loss(trainer.state.log_history),
             "resumed_from_step": _step_of(checkpoint),
             "train_runtime_s": runtime,
-            **dict(zip(("peak_memory_bytes", "peak_memory_kind"), _peak_memory(device, memory_reset))),
+            **dict(zip(("peak_memory_bytes", "peak_memory_kind"), memory.peak(device, memory_reset))),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "versions": _versions(),
         }
@@ -173,10 +172,9 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
 
 
 @contextlib.contextmanager
-def _explained_failures(run_dir: Path, checkpoint: Path | None, what: str, any_error: bool = False) -> Iterator[None]:
+def _explained_failures(run_dir: Path, checkpoint: Path | None, what: str) -> Iterator[None]:
     """A full disk, a permission change or a refused pickle becomes a message that says what is kept
-    and what to do, instead of a traceback. ``any_error``: also errors that are not OSError (torch
-    and safetensors report a full disk as RuntimeError)."""
+    and what to do, instead of a traceback."""
     try:
         yield
     except pickle.UnpicklingError as err:
@@ -185,14 +183,8 @@ def _explained_failures(run_dir: Path, checkpoint: Path | None, what: str, any_e
             f"torch.load(weights_only=True), never running pickled code ({str(err).splitlines()[0]}). Delete "
             f"{checkpoint} to resume from the checkpoint before it, or start the run again."
         ) from err
-    except RoSAError:
-        raise
     except OSError as err:
-        if err.errno in STORAGE_ERRNOS or any_error:
-            raise save_failure(err, run_dir, what) from err
-        raise
-    except Exception as err:
-        if any_error:
+        if err.errno in STORAGE_ERRNOS:
             raise save_failure(err, run_dir, what) from err
         raise
 
@@ -284,31 +276,6 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         ddp_find_unused_parameters=False,
         use_cpu=device.type == "cpu",
     )
-
-
-def _reset_peak_memory(device: torch.device) -> bool:
-    """Start the peak at the current usage, so runs sharing a process (a sweep) measure themselves.
-
-    On CPU this needs Linux's ``clear_refs`` (VmHWM reset); elsewhere the peak stays the process's.
-    """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return True
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_memory(device: torch.device, was_reset: bool) -> tuple[int, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(), "cuda max allocated"
-    peak_kib = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()) if was_reset else None
-    if peak_kib:
-        return int(peak_kib.group(1)) * 1024, "process peak RSS while training"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024, "process max RSS (whole process)"  # macOS: bytes
 
 
 def _versions() -> dict[str, str]:

@@ -14,17 +14,21 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rosa.errors import RoSAError
 from rosa.serialization import atomic_write_bytes
 
 RUN_SUMMARY, ADAPTER_DIR, CONFIG_FILE, PISSA_INIT_DIR = "run.json", "adapter", "config.yaml", "pissa_init"
 TRAIN_LOG, DLS_HISTORY, TENSORBOARD_DIR, BUDGET_FILE = "train_log.jsonl", "dls_history.json", "tensorboard", "budget.json"
-CHECKPOINT_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
+CHECKPOINT_PREFIX = f"{PREFIX_CHECKPOINT_DIR}-"  # the Trainer's checkpoint-N
 # what a checkpoint must hold to resume exactly (the RNG files differ with the number of processes)
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_config.json", "adapter_model.safetensors")
 DLS_STATE = "dls_state.json"
@@ -61,6 +65,18 @@ def save_failure(err: BaseException, run_dir: Path, what: str) -> RoSAError:
         f"could not write {what} in {run_dir}: {reason}. Nothing complete was overwritten; {kept}. Free space "
         f"(or fix the permissions or the storage), then continue with `rosa train --resume {run_dir}`."
     )
+
+
+@contextlib.contextmanager
+def save_failures_explained(run_dir: Path, what: str) -> Iterator[None]:
+    """Any error while writing ``what`` becomes :func:`save_failure`'s message (torch and safetensors
+    report a full disk as RuntimeError, not OSError); rosa's own errors pass through."""
+    try:
+        yield
+    except RoSAError:
+        raise
+    except Exception as err:
+        raise save_failure(err, run_dir, what) from err
 
 
 def resumable_config(run_dir: Path) -> Path:

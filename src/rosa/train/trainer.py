@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import rotate_checkpoints
 
 from rosa.errors import RoSAError
 from rosa.model import RoSAModel
 from rosa.serialization import publish_directory
-from rosa.train.run_dir import checkpoints, save_failure
+from rosa.train.run_dir import CHECKPOINT_PREFIX, checkpoints, save_failures_explained
 
 
 class NonFiniteLossError(RoSAError):
@@ -32,7 +32,7 @@ class NonFiniteLossError(RoSAError):
 
 def staging_root(run_dir: Path, step: int) -> Path:
     """Where the checkpoint of ``step`` is written before it is published as ``checkpoint-<step>``."""
-    return run_dir / f".{PREFIX_CHECKPOINT_DIR}-{step}.partial"
+    return run_dir / f".{CHECKPOINT_PREFIX}{step}.partial"
 
 
 class RoSATrainer(Trainer):
@@ -61,20 +61,18 @@ class RoSATrainer(Trainer):
         if not self.control.should_save:
             return super()._maybe_log_save_evaluate(*args, **kwargs)
         run_dir = Path(self.args.output_dir)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        name = f"{CHECKPOINT_PREFIX}{self.state.global_step}"
         staging = staging_root(run_dir, self.state.global_step)
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving this step
         self.accelerator.wait_for_everyone()
         self.args.output_dir = str(staging)  # the Trainer and every on_save write into the staging copy
         try:
-            super()._maybe_log_save_evaluate(*args, **kwargs)
-        except BaseException as err:
+            with save_failures_explained(run_dir, name):
+                super()._maybe_log_save_evaluate(*args, **kwargs)
+        except BaseException:
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)  # a full disk needs its space back
-            if isinstance(err, Exception) and not isinstance(err, RoSAError):
-                # torch.save reports a full disk as a RuntimeError, safetensors and json as OSError
-                raise save_failure(err, run_dir, name) from err
             raise
         finally:
             self.args.output_dir = str(run_dir)
