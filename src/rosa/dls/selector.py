@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rosa.architecture import block_norms, find_decoder_stack
+from rosa.architecture import DecoderStack, block_norms, find_decoder_stack
 from rosa.config import DLSConfig
 from rosa.errors import RoSAError
 
@@ -30,8 +30,7 @@ class LayerGroup:
     norm_weights: list[nn.Parameter]
 
 
-def _layer_groups(model: nn.Module, norm_names: tuple[str, ...] | None) -> list[LayerGroup]:
-    stack = find_decoder_stack(model)
+def _layer_groups(model: nn.Module, stack: DecoderStack, norm_names: tuple[str, ...] | None) -> list[LayerGroup]:
     groups = [LayerGroup(i, [], []) for i in range(len(stack))]
     for name, parameter in model.named_parameters():
         index = stack.layer_of(name)
@@ -83,7 +82,9 @@ class DynamicLayerSelector:
 
     def __init__(self, model: nn.Module, config: DLSConfig | None = None):
         self.config = config or DLSConfig()
-        self.groups = _layer_groups(model, self.config.norm_names)
+        stack = find_decoder_stack(model)
+        self._layers = stack.layers
+        self.groups = _layer_groups(model, stack, self.config.norm_names)
         self.n_layers = len(self.groups)
         self.k = self.config.k(self.n_layers)
         self.generator = torch.Generator().manual_seed(self.config.seed)
@@ -96,8 +97,6 @@ class DynamicLayerSelector:
             for slot, weight in enumerate(group.norm_weights):
                 weight.requires_grad_(True)  # hooks can only be registered on such tensors
                 self._hooks.append(weight.register_post_accumulate_grad_hook(self._divert(group.index, slot)))
-        stack = find_decoder_stack(model)
-        self._layers = stack.layers
         # Cutting the graph below a layer is only safe when nothing before the decoder layers trains.
         self._can_cut = not any(p.requires_grad for name, p in model.named_parameters() if stack.layer_of(name) is None)
         self._cut = None
