@@ -1,7 +1,7 @@
 """Time and peak memory per optimizer step of RoSA against LoRA, DoRA and the frozen-model floor.
 
     python benchmarks/train_step.py --model tiny                      # quick check, about a minute on a CPU
-    python benchmarks/train_step.py --model qwen0.5b --batch-size 1 --seq-len 128 --steps 8 --warmup-steps 2
+    python benchmarks/train_step.py --model qwen0.5b --batch-size 1 --seq-len 128 --steps 24 --warmup-steps 2
     python benchmarks/train_step.py --model ../shared/models/stories260K-hf --json out.json
 
 Same model, batch, sequence length and (seeded) input ids for every variant:
@@ -14,28 +14,39 @@ Same model, batch, sequence length and (seeded) input ids for every variant:
 - dls-skip / dls-freeze: RoSA with DLS driven the README way (backward; selector.step();
   optimizer.step(); zero_grad), selecting from step `--dls-warmup` on, every `--dls-interval` steps;
 - dls-freeze-top: information, not a goal: dls-freeze with every selection replaced by the top k
-  layers, the selection under which freeze's truncation of backward saves the most. (With random
-  weights the scores fall with depth, so DLS itself picks the bottom layers and truncates nothing.)
+  layers, the selection under which freeze's truncation of backward saves the most. (DLS itself keeps
+  layer 0 in its selections, with random weights and on the pretrained models here alike, so its
+  backward stops at layer 0; the report prints where the freeze goal would be met.)
 
-Each variant runs in a fresh subprocess (this script re-executed with `--variant`), so its peak
-memory is its own: Linux VmHWM, reset once the model is built, on CPU; max allocated on CUDA. Random
-weights for the named shapes are fine: only time and memory are measured. `--dls-interval` (short)
-only makes the timed steps include scoring steps; the figures describe a run that selects every
-`--run-interval` steps (DLSConfig's default): a DLS variant's step time is its steady state,
+Timing and memory are measured apart, because they need opposite set-ups:
+
+- time: one process builds every variant on one copy of the frozen weights (each variant has its
+  own adapter, optimizer, selector and norm weights) and runs their steps interleaved, one step of
+  each variant in turn, the order rotating every step. A slow spell on a shared machine then falls
+  on every variant alike, and no variant runs in a luckier process than another (on the shared
+  machine the README's figures come from, identical work ran at different speeds in different
+  processes);
+- memory: each variant in a fresh subprocess (this script re-executed with `--variant`), for one
+  DLS cycle (`--dls-warmup` + `--dls-interval` + 1 steps, so a scoring and a non-scoring step), so
+  its peak is its own: Linux VmHWM, reset once the model is built, on CPU; max allocated on CUDA.
+
+Random weights for the named shapes are fine: only time and memory are measured. `--dls-interval`
+(short) only makes the timed steps include scoring steps; the figures describe a run that selects
+every `--run-interval` steps (DLSConfig's default): a DLS variant's step time is its steady state,
 `((run_interval - 1) * median(non-scoring steps) + median(scoring steps)) / run_interval`, and DLS
 overhead is the time inside `selector.step()` plus the extra cost of a scoring step (measured in
 skip mode, where nothing else differs) amortised over `run_interval`, as a share of the step.
 
 Steps are timed by the wall clock (the default) and by the process's CPU time (`--clock cpu`,
-which leaves out time spent waiting for a core on a shared machine). `--rounds N` runs the variants
-N times, interleaved, and takes the median, so a busy spell on a shared machine does not fall on
-one variant only.
+which leaves out time spent waiting for a core on a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -44,9 +55,12 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, memory
@@ -102,19 +116,28 @@ def build_base(args, device: torch.device):
     return base.to(device)
 
 
-def build_variant(args, base):
-    """The model ``args.variant`` trains; the floor is the frozen base itself."""
-    if args.variant == "floor":
+def shared_copy(base: nn.Module) -> nn.Module:
+    """A copy of ``base`` whose weight matrices are ``base``'s own tensors, so every variant of the
+    timing process fits in memory beside the others. One-dimensional parameters (norm weights,
+    biases) are copied: DLS switches the norm weights' ``requires_grad`` on to score layers, which
+    must not reach the other variants."""
+    shared = {id(p): p for p in base.parameters() if p.dim() > 1}
+    return copy.deepcopy(base, memo=shared)
+
+
+def build_variant(variant: str, args, base: nn.Module, rank: int | None) -> nn.Module:
+    """The model ``variant`` trains; the floor is the frozen base itself."""
+    if variant == "floor":
         return base.requires_grad_(False)
-    return apply_method(base, experiment(args, METHODS[args.variant], args.rank))
+    return apply_method(base, experiment(args, METHODS[variant], rank))
 
 
-def build_selector(args, model):
+def build_selector(variant: str, args, model: nn.Module):
     """DLS for the dls-* variants. Made after the optimizer, as DLSCallback does, so the optimizer
     holds every adapter parameter and no norm weight."""
-    if args.variant not in DLS_MODES:
+    if variant not in DLS_MODES:
         return None
-    dls = DLSConfig(k_ratio=args.k_ratio, mode=DLS_MODES[args.variant], warmup=args.dls_warmup,
+    dls = DLSConfig(k_ratio=args.k_ratio, mode=DLS_MODES[variant], warmup=args.dls_warmup,
                     interval=args.dls_interval, seed=args.seed)
     return DynamicLayerSelector(model, dls)
 
@@ -128,28 +151,57 @@ def pin_to_top(selector) -> None:
         selector.load_state_dict(state)
 
 
+@dataclass
+class Trainee:
+    """One variant, ready to take optimizer steps."""
+
+    variant: str
+    model: nn.Module
+    forward: Callable
+    optimizer: torch.optim.Optimizer | None
+    selector: DynamicLayerSelector | None
+    trainable: int  # adapter parameters, counted before DLS freezes any
+
+
+def prepare(variant: str, args, base: nn.Module, rank: int | None) -> Trainee:
+    model = build_variant(variant, args, base, rank).train()
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
+    return Trainee(variant, model, torch.compile(model) if args.compile else model, optimizer,
+                   build_selector(variant, args, model), sum(p.numel() for p in trainable))
+
+
+def input_ids_for(args, config, device: torch.device) -> torch.Tensor:
+    return torch.randint(config.vocab_size, (args.batch_size, args.seq_len),
+                         generator=torch.Generator().manual_seed(args.seed)).to(device)
+
+
 # -- measuring --------------------------------------------------------------------------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def loss_of(args, model, forward, input_ids):
+def loss_of(trainee: Trainee, input_ids: torch.Tensor) -> torch.Tensor:
     """The floor feeds embeddings that require grad, so backward runs all the way down to them."""
-    if args.variant == "floor":
-        embeddings = model.get_input_embeddings()(input_ids).requires_grad_(True)
-        return forward(inputs_embeds=embeddings, labels=input_ids, use_cache=False).loss
-    return forward(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    if trainee.variant == "floor":
+        embeddings = trainee.model.get_input_embeddings()(input_ids).requires_grad_(True)
+        return trainee.forward(inputs_embeds=embeddings, labels=input_ids, use_cache=False).loss
+    return trainee.forward(input_ids=input_ids, labels=input_ids, use_cache=False).loss
 
 
-def timed_step(args, model, forward, input_ids, optimizer, selector, device) -> dict:
+def timed_step(trainee: Trainee, input_ids: torch.Tensor, device: torch.device) -> dict:
     """One optimizer step the README way, timed; ``selector_ms`` is the part inside selector.step(),
     ``lowest`` the lowest layer selected while it ran (freeze's backward stops there)."""
+    selector, optimizer = trainee.selector, trainee.optimizer
     scoring = selector is not None and selector.is_scoring_step(selector.step_count)
     lowest = min(selector.selected) if selector is not None else None
     sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
-    loss_of(args, model, forward, input_ids).backward()
+    loss = loss_of(trainee, input_ids)
+    loss.backward()
     selector_s = 0.0
     if selector is not None:
         sync(device)
@@ -161,44 +213,56 @@ def timed_step(args, model, forward, input_ids, optimizer, selector, device) -> 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     sync(device)
-    return {"ms": 1e3 * (time.perf_counter() - wall), "cpu_ms": 1e3 * (time.process_time() - cpu),
-            "selector_ms": 1e3 * selector_s, "scoring": scoring, "lowest": lowest}
+    record = {"ms": 1e3 * (time.perf_counter() - wall), "cpu_ms": 1e3 * (time.process_time() - cpu),
+              "selector_ms": 1e3 * selector_s, "scoring": scoring, "lowest": lowest, "loss": loss.item()}
+    if trainee.variant == "dls-freeze-top":
+        pin_to_top(selector)
+    return record
 
 
-def run_variant(args) -> dict:
-    """Train ``args.variant`` for warm-up + timed steps; per-step times and the peak memory."""
+def selections(trainee: Trainee) -> dict:
+    history = trainee.selector.history if trainee.selector else []
+    return {"selections": [record["selected"] for record in history], "scores": [record["scores"] for record in history]}
+
+
+def time_interleaved(args, variants: tuple[str, ...], ranks: dict) -> dict:
+    """Every variant on shared frozen weights in this process, one step of each in turn (the order
+    rotating every step); per-variant step records, warm-up steps dropped."""
     device = torch.device(args.device)
-    model = build_variant(args, build_base(args, device)).train()
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    forward = torch.compile(model) if args.compile else model
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
-    selector = build_selector(args, model)
-    input_ids = torch.randint(model.config.vocab_size, (args.batch_size, args.seq_len),
-                              generator=torch.Generator().manual_seed(args.seed)).to(device)
+    base = build_base(args, device)
+    trainees = [prepare(variant, args, shared_copy(base), ranks.get(variant)) for variant in variants]
+    input_ids = input_ids_for(args, base.config, device)
+    steps = {variant: [] for variant in variants}
+    for step in range(args.warmup_steps + args.steps):
+        turn = step % len(trainees)
+        for trainee in trainees[turn:] + trainees[:turn]:
+            record = timed_step(trainee, input_ids, device)
+            if step >= args.warmup_steps:
+                steps[trainee.variant].append(record)
+    return {t.variant: {"variant": t.variant, "trainable": t.trainable, "steps": steps[t.variant], **selections(t)}
+            for t in trainees}
+
+
+def memory_steps(args) -> int:
+    """The steps before the first selection and one whole selection interval: a scoring step
+    under a selection (freeze's full backward) and a non-scoring one."""
+    return args.dls_warmup + args.dls_interval + 1
+
+
+def measure_memory(args) -> dict:
+    """Peak memory of ``args.variant`` alone (run in its own process) over one DLS cycle."""
+    device = torch.device(args.device)
+    trainee = prepare(args.variant, args, build_base(args, device), args.rank)
+    input_ids = input_ids_for(args, trainee.model.config, device)
     in_use = memory.in_use(device)
     was_reset = memory.reset_peak(device)
-    steps = []
-    for step in range(args.warmup_steps + args.steps):
-        timed = timed_step(args, model, forward, input_ids, optimizer, selector, device)
-        if step >= args.warmup_steps:
-            steps.append(timed)
-        if args.variant == "dls-freeze-top":
-            pin_to_top(selector)
-    return {
-        "variant": args.variant,
-        "trainable": sum(p.numel() for p in trainable),
-        "steps": steps,
-        "peak_mib": memory.peak(device, was_reset)[0] / 2**20,
-        "in_use_before_mib": in_use / 2**20,
-        "selections": [record["selected"] for record in selector.history] if selector else [],
-        "scores": [record["scores"] for record in selector.history] if selector else [],
-        "threads": torch.get_num_threads(),
-    }
+    for _ in range(memory_steps(args)):
+        timed_step(trainee, input_ids, device)
+    return {"variant": args.variant, "peak_mib": memory.peak(device, was_reset)[0] / 2**20,
+            "in_use_before_mib": in_use / 2**20, "threads": torch.get_num_threads()}
 
 
-# -- the parent: one subprocess per variant, then the table -----------------------------------------
+# -- the parent: memory per subprocess, time interleaved, then the table ----------------------------
 def child_command(args, variant: str, rank: int | None) -> list[str]:
     command = [sys.executable, __file__, "--variant", variant, "--config-dir", args.config_dir]
     for name in ("model", "steps", "warmup_steps", "batch_size", "seq_len", "dtype", "device", "k_ratio",
@@ -265,6 +329,21 @@ def goals(summaries: dict, run_interval: int) -> list[tuple[str, bool, str]]:
     ]
 
 
+def freeze_break_even(summaries: dict) -> dict | None:
+    """What truncating backward is worth: freeze's step time saved per layer that backward no longer
+    reaches, and the lowest selected layer from which freeze meets its goal, on a straight line
+    through dls-freeze and dls-freeze-top (decoder layers cost the same); 0 when it holds whatever
+    the selection. None when both variants stopped at the same layer."""
+    (low, ms), (top_low, top_ms) = [(statistics.median(summaries[v]["lowest"]), summaries[v]["step_ms"])
+                                    for v in ("dls-freeze", "dls-freeze-top")]
+    if low == top_low:
+        return None
+    per_layer = (ms - top_ms) / (top_low - low)
+    target = GOAL_FREEZE_VS_LORA * summaries["lora"]["step_ms"]
+    return {"ms_per_layer": per_layer, "goal_from_layer": max(0, math.ceil(low + (ms - target) / per_layer)),
+            "through": (low, top_low)}
+
+
 def _cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
@@ -283,7 +362,7 @@ def machine(args) -> str:
 def print_report(args, budget: dict, summaries: dict, threads: int) -> list:
     floor, lora = summaries["floor"]["step_ms"], summaries["lora"]["step_ms"]
     print(f"model {args.model}, batch {args.batch_size} x seq {args.seq_len}, {args.dtype} on {args.device}, "
-          f"{args.steps} timed steps after {args.warmup_steps} warm-up, gradient checkpointing "
+          f"{args.steps} timed steps (interleaved) after {args.warmup_steps} warm-up, gradient checkpointing "
           f"{args.gradient_checkpointing}, compile {args.compile}")
     print(f"machine: {machine(args)}, {threads} torch threads; clock: {args.clock}")
     print(f"RoSA targets {args.targets}: {budget['rosa']:,d} trainable; matched LoRA r={budget['lora']['rank']}, "
@@ -300,6 +379,11 @@ def print_report(args, budget: dict, summaries: dict, threads: int) -> list:
               f"{s['selector_ms']:.2f} ms ({s['selector_ms'] / s['step_ms']:.2%}), overhead "
               f"{dls_overhead(summaries, variant, args.run_interval):.2%} (at interval {args.dls_interval}: "
               f"{dls_overhead(summaries, variant, args.dls_interval):.2%}); lowest selected layer per step {s['lowest']}")
+    break_even = freeze_break_even(summaries)
+    if break_even:
+        print(f"freeze: each layer below the lowest selected one saves {break_even['ms_per_layer']:.1f} ms; the freeze "
+              f"goal holds from lowest selected layer {break_even['goal_from_layer']} on (a line through layers "
+              f"{break_even['through'][0]:g} and {break_even['through'][1]:g})")
     checks = goals(summaries, args.run_interval)
     for text, passed, detail in checks:
         print(f"[{'PASS' if passed else 'FAIL'}] {text}: {detail}")
@@ -312,25 +396,22 @@ def run_all(args) -> None:
         args.config_dir = config_dir
         budget = matched_budget(args)
         ranks = {"lora": budget["lora"]["rank"], "dora": budget["dora"]["rank"]}
-        rounds = [{v: run_child(args, v, ranks.get(v)) for v in VARIANTS} for _ in range(args.rounds)]
-    # Rounds interleave the variants, so a slow spell on a shared machine hits all of them.
-    summaries = {}
-    for variant in VARIANTS:
-        per_round = [summarise(r[variant], args.run_interval, args.clock) for r in rounds]
-        summaries[variant] = {k: (statistics.median(x[k] for x in per_round) if isinstance(v, float) else v)
-                              for k, v in per_round[0].items()}
-    checks = print_report(args, budget, summaries, rounds[0]["floor"]["threads"])
+        memories = {variant: run_child(args, variant, ranks.get(variant)) for variant in VARIANTS}
+    timings = time_interleaved(args, VARIANTS, ranks)
+    summaries = {variant: summarise({**timings[variant], **memories[variant]}, args.run_interval, args.clock)
+                 for variant in VARIANTS}
+    checks = print_report(args, budget, summaries, memories["floor"]["threads"])
     if args.json:
         Path(args.json).write_text(json.dumps({
             "args": {k: v for k, v in vars(args).items() if k != "config_dir"}, "machine": machine(args),
-            "budget": budget, "summaries": summaries, "rounds": rounds,
+            "budget": budget, "summaries": summaries, "timings": timings, "memories": memories,
             "goals": [{"goal": t, "passed": p, "measured": d} for t, p, d in checks]}, indent=1))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help=f"{' | '.join(SHAPES)} (random weights) or a local model directory")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per variant")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per variant (interleaved)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps first (allocator, compile)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -345,7 +426,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run-interval", type=int, default=DLSConfig().interval,
                         help="DLS interval of the run the figures describe (weights the scoring steps)")
     parser.add_argument("--targets", default="q,k", help="RoAE targets (examples/quickstart.yaml: q,k)")
-    parser.add_argument("--rounds", type=int, default=1, help="run every variant this many times, interleaved")
     parser.add_argument("--clock", default="wall", choices=tuple(CLOCKS), help="which step time the ratios and goals use")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write all figures here")
@@ -361,7 +441,7 @@ def main(argv=None) -> None:
     if args.variant is None:
         run_all(args)
         return
-    print(json.dumps(run_variant(args)))
+    print(json.dumps(measure_memory(args)))
 
 
 if __name__ == "__main__":

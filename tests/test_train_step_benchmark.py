@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("train_step", REPO / "benchmarks" / "train_step.py")
 train_step = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = train_step  # dataclasses look their module up there
 spec.loader.exec_module(train_step)
 
 TINY = ["--model", "tiny", "--batch-size", "1", "--seq-len", "8", "--steps", "2", "--warmup-steps", "1"]
@@ -51,39 +53,83 @@ def test_child_command_round_trips_every_setting(config_dir):
         assert getattr(child, name) == getattr(args, name), name
 
 
+def tiny_base(args):
+    return train_step.build_base(args, torch.device("cpu"))
+
+
 def test_floor_backward_reaches_the_input_embeddings(config_dir):
     args = child_args(config_dir, "floor")
-    model = train_step.build_variant(args, train_step.build_base(args, torch.device("cpu"))).train()
-    assert not any(p.requires_grad for p in model.parameters())
+    trainee = train_step.prepare("floor", args, tiny_base(args), None)
+    assert trainee.trainable == 0 and trainee.optimizer is None
     captured = []
-    model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: captured.append(output))
-    train_step.loss_of(args, model, model, torch.randint(1024, (1, 8))).backward()
+    trainee.model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: captured.append(output))
+    train_step.loss_of(trainee, torch.randint(1024, (1, 8))).backward()
     assert captured[0].grad is not None and captured[0].grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("variant", ["floor", "dls-freeze", "dls-freeze-top"])
-def test_run_variant_times_every_step_and_keeps_norms_out_of_the_optimizer(config_dir, variant):
-    result = train_step.run_variant(child_args(config_dir, variant, "--dls-interval", "1"))
-    steps = result["steps"]
-    assert len(steps) == 2 and all(step["ms"] > 0 and step["cpu_ms"] > 0 for step in steps)
-    assert result["peak_mib"] >= result["in_use_before_mib"] > 0
-    if variant == "floor":
-        assert result["trainable"] == 0 and result["selections"] == []
-        return
-    assert result["trainable"] == 8 * (8 * 128 + 8 * 4 * 8 + 8 * 128 + 8 * 2 * 8)  # RoAE only, no norm weight
-    assert [step["scoring"] for step in steps] == [True, True]  # interval 1: every step scores
-    assert len(result["selections"]) == 3 and all(len(s) == 4 for s in result["selections"])
-    if variant == "dls-freeze-top":
-        assert [step["lowest"] for step in steps] == [4, 4]  # the top 4 of 8 layers, whatever DLS chose
-    else:
-        assert [step["lowest"] for step in steps] == [min(s) for s in result["selections"][:2]]
+def test_shared_copies_share_the_matrices_but_not_the_norm_weights(config_dir):
+    args = child_args(config_dir, "dls-skip")
+    base = tiny_base(args)
+    first, second = train_step.shared_copy(base), train_step.shared_copy(base)
+    assert first.model.embed_tokens.weight is base.model.embed_tokens.weight is second.model.embed_tokens.weight
+    assert first.model.layers[3].mlp.up_proj.weight is second.model.layers[3].mlp.up_proj.weight
+    norm = first.model.layers[3].input_layernorm.weight
+    assert norm is not second.model.layers[3].input_layernorm.weight and torch.equal(norm, second.model.layers[3].input_layernorm.weight)
+    scored = train_step.prepare("dls-skip", args, first, None)
+    plain = train_step.prepare("roae", args, second, None)
+    assert scored.model.model.layers[3].input_layernorm.weight.requires_grad  # DLS scores from these
+    assert not plain.model.model.layers[3].input_layernorm.weight.requires_grad
+
+
+def alone(args, variant: str, steps: int) -> list[float]:
+    trainee = train_step.prepare(variant, args, tiny_base(args), None)
+    input_ids = train_step.input_ids_for(args, trainee.model.config, torch.device("cpu"))
+    return [train_step.timed_step(trainee, input_ids, torch.device("cpu"))["loss"] for _ in range(steps)]
+
+
+def test_interleaved_variants_train_as_they_would_alone(config_dir):
+    """One step of each variant in turn on shared frozen weights: every variant's losses are the ones it
+    gets trained alone on its own copy (nothing leaks between variants), and every step is timed.
+    LoRA/DoRA are left out of the loss check: their dropout draws from the global generator, whose
+    draws interleaving reorders."""
+    args = train_step.parse_args([*TINY, "--steps", "4", "--dls-interval", "2", "--config-dir", config_dir])
+    variants = ("floor", "lora", "roae", "dls-skip", "dls-freeze", "dls-freeze-top")
+    timings = train_step.time_interleaved(args, variants, {"lora": 2})
+    for variant in variants:
+        steps = timings[variant]["steps"]
+        assert len(steps) == 4 and all(step["ms"] > 0 and step["cpu_ms"] > 0 for step in steps), variant
+        if variant != "lora":
+            expected = alone(args, variant, 5)[1:]  # the first step is the untimed warm-up
+            assert [step["loss"] for step in steps] == pytest.approx(expected, rel=1e-6, abs=0), variant
+    assert timings["floor"]["trainable"] == 0 and timings["floor"]["selections"] == []
+    rosa_count = 8 * (8 * 128 + 8 * 4 * 8 + 8 * 128 + 8 * 2 * 8)  # RoAE only, no norm weight
+    assert timings["roae"]["trainable"] == rosa_count
+    freeze = timings["dls-freeze"]
+    # warm-up 1, interval 2: selections at steps 1 and 3; timed steps 1..4, scoring at 2 and 4
+    assert [step["scoring"] for step in freeze["steps"]] == [False, True, False, True]
+    assert len(freeze["selections"]) == 3 and all(len(s) == 4 for s in freeze["selections"])
+    assert [step["lowest"] for step in freeze["steps"]] == [min(freeze["selections"][i]) for i in (1, 1, 2, 2)]
+    assert [step["lowest"] for step in timings["dls-freeze-top"]["steps"]] == [4, 4, 4, 4]
+
+
+@pytest.mark.parametrize("variant", ["floor", "dls-freeze"])
+def test_memory_is_measured_alone_over_one_dls_cycle(config_dir, variant, monkeypatch):
+    args = child_args(config_dir, variant)
+    steps = []
+    original = train_step.timed_step
+    monkeypatch.setattr(train_step, "timed_step", lambda *a: steps.append(original(*a)) or steps[-1])
+    result = train_step.measure_memory(args)
+    assert result["peak_mib"] >= result["in_use_before_mib"] > 0 and result["variant"] == variant
+    assert len(steps) == train_step.memory_steps(args) == 1 + 5 + 1
+    if variant == "dls-freeze":  # the cycle holds a scoring step, whose backward is the full one
+        assert [step["scoring"] for step in steps] == [True, False, False, False, False, True, False]
 
 
 def test_a_variant_runs_in_its_own_process(config_dir):
     args = train_step.parse_args(TINY)
     args.config_dir = config_dir
     result = train_step.run_child(args, "floor", None)
-    assert result["variant"] == "floor" and len(result["steps"]) == 2
+    assert result["variant"] == "floor" and result["peak_mib"] > 0
     json.dumps(result)
 
 
@@ -119,3 +165,15 @@ def test_goals_compare_against_the_floor_and_lora():
     # freeze: (4 * 90 + 130) / 5 = 98 ms = 0.8167x LoRA; overhead (0.2 + 1 / 5) / 98 = 0.41%
     assert summaries["dls-freeze"]["step_ms"] == pytest.approx(98.0)
     assert train_step.dls_overhead(summaries, "dls-freeze", run_interval) == pytest.approx(0.4 / 98.0)
+
+
+def test_break_even_layer_of_freeze_is_on_the_line_through_its_two_selections():
+    summaries = {"lora": {"step_ms": 100.0},
+                 "dls-freeze": {"step_ms": 90.0, "lowest": [0, 0, 1]},       # median lowest 0
+                 "dls-freeze-top": {"step_ms": 66.0, "lowest": [12, 12, 12]}}
+    # 24 ms saved over 12 layers = 2 ms a layer; 85 ms is reached 2.5 layers up: from layer 3 on
+    assert train_step.freeze_break_even(summaries) == {"ms_per_layer": 2.0, "goal_from_layer": 3, "through": (0, 12)}
+    summaries["lora"]["step_ms"] = 120.0  # 102 ms: freeze meets it at layer 0 already
+    assert train_step.freeze_break_even(summaries)["goal_from_layer"] == 0
+    summaries["dls-freeze"]["lowest"] = [12]
+    assert train_step.freeze_break_even(summaries) is None
