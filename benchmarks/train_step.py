@@ -14,7 +14,8 @@ Same model, batch, sequence length and (seeded) input ids for every variant:
 - dls-skip / dls-freeze: RoSA with DLS driven the README way (backward; selector.step();
   optimizer.step(); zero_grad), selecting from step `--dls-warmup` on, every `--dls-interval` steps;
 - dls-freeze-top: information, not a goal: dls-freeze with every selection replaced by the top k
-  layers, the selection under which freeze's truncation of backward saves the most. (DLS itself keeps
+  layers, the selection under which freeze's truncation of backward saves the most (its JSON
+  `selections` are DLS's own picks; its steps' `lowest` shows the layers it trained). (DLS itself keeps
   layer 0 in its selections, with random weights and on the pretrained models here alike, so its
   backward stops at layer 0; the report prints where the freeze goal would be met.)
 
@@ -194,7 +195,8 @@ def loss_of(trainee: Trainee, input_ids: torch.Tensor) -> torch.Tensor:
 
 def timed_step(trainee: Trainee, input_ids: torch.Tensor, device: torch.device) -> dict:
     """One optimizer step the README way, timed; ``selector_ms`` is the part inside selector.step(),
-    ``lowest`` the lowest layer selected while it ran (freeze's backward stops there)."""
+    ``lowest`` the lowest layer selected while it ran (freeze's backward stops there, except on
+    scoring steps, which run it to the bottom)."""
     selector, optimizer = trainee.selector, trainee.optimizer
     scoring = selector is not None and selector.is_scoring_step(selector.step_count)
     lowest = min(selector.selected) if selector is not None else None
@@ -229,6 +231,8 @@ def time_interleaved(args, variants: tuple[str, ...], ranks: dict) -> dict:
     """Every variant on shared frozen weights in this process, one step of each in turn (the order
     rotating every step); per-variant step records, warm-up steps dropped."""
     device = torch.device(args.device)
+    if args.compile:  # dynamo's per-function recompile budget is process-wide: give each variant its own
+        torch._dynamo.config.recompile_limit *= len(variants)
     base = build_base(args, device)
     trainees = [prepare(variant, args, shared_copy(base), ranks.get(variant)) for variant in variants]
     input_ids = input_ids_for(args, base.config, device)
@@ -265,7 +269,7 @@ def measure_memory(args) -> dict:
 # -- the parent: memory per subprocess, time interleaved, then the table ----------------------------
 def child_command(args, variant: str, rank: int | None) -> list[str]:
     command = [sys.executable, __file__, "--variant", variant, "--config-dir", args.config_dir]
-    for name in ("model", "steps", "warmup_steps", "batch_size", "seq_len", "dtype", "device", "k_ratio",
+    for name in ("model", "batch_size", "seq_len", "dtype", "device", "k_ratio",
                  "dls_warmup", "dls_interval", "targets", "seed"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     command += ["--gradient-checkpointing"] * args.gradient_checkpointing + ["--compile"] * args.compile
@@ -333,10 +337,11 @@ def freeze_break_even(summaries: dict) -> dict | None:
     """What truncating backward is worth: freeze's step time saved per layer that backward no longer
     reaches, and the lowest selected layer from which freeze meets its goal, on a straight line
     through dls-freeze and dls-freeze-top (decoder layers cost the same); 0 when it holds whatever
-    the selection. None when both variants stopped at the same layer."""
+    the selection. None when there is no line: both variants stopped at the same layer, a step time
+    is missing (no scoring step was timed), or the cut saved nothing."""
     (low, ms), (top_low, top_ms) = [(statistics.median(summaries[v]["lowest"]), summaries[v]["step_ms"])
                                     for v in ("dls-freeze", "dls-freeze-top")]
-    if low == top_low:
+    if low == top_low or not (math.isfinite(ms) and math.isfinite(top_ms) and top_ms < ms):
         return None
     per_layer = (ms - top_ms) / (top_low - low)
     target = GOAL_FREEZE_VS_LORA * summaries["lora"]["step_ms"]
@@ -359,7 +364,7 @@ def machine(args) -> str:
     return f"{where}, torch {torch.__version__}, {platform.system()} {platform.release()}"
 
 
-def print_report(args, budget: dict, summaries: dict, threads: int) -> list:
+def print_report(args, budget: dict, summaries: dict, threads: int, checks: list) -> None:
     floor, lora = summaries["floor"]["step_ms"], summaries["lora"]["step_ms"]
     print(f"model {args.model}, batch {args.batch_size} x seq {args.seq_len}, {args.dtype} on {args.device}, "
           f"{args.steps} timed steps (interleaved) after {args.warmup_steps} warm-up, gradient checkpointing "
@@ -384,10 +389,8 @@ def print_report(args, budget: dict, summaries: dict, threads: int) -> list:
         print(f"freeze: each layer below the lowest selected one saves {break_even['ms_per_layer']:.1f} ms; the freeze "
               f"goal holds from lowest selected layer {break_even['goal_from_layer']} on (a line through layers "
               f"{break_even['through'][0]:g} and {break_even['through'][1]:g})")
-    checks = goals(summaries, args.run_interval)
     for text, passed, detail in checks:
         print(f"[{'PASS' if passed else 'FAIL'}] {text}: {detail}")
-    return checks
 
 
 def run_all(args) -> None:
@@ -400,12 +403,13 @@ def run_all(args) -> None:
     timings = time_interleaved(args, VARIANTS, ranks)
     summaries = {variant: summarise({**timings[variant], **memories[variant]}, args.run_interval, args.clock)
                  for variant in VARIANTS}
-    checks = print_report(args, budget, summaries, memories["floor"]["threads"])
+    checks = goals(summaries, args.run_interval)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "args": {k: v for k, v in vars(args).items() if k != "config_dir"}, "machine": machine(args),
             "budget": budget, "summaries": summaries, "timings": timings, "memories": memories,
             "goals": [{"goal": t, "passed": p, "measured": d} for t, p, d in checks]}, indent=1))
+    print_report(args, budget, summaries, memories["floor"]["threads"], checks)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

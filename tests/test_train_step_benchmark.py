@@ -48,7 +48,7 @@ def test_child_command_round_trips_every_setting(config_dir):
     command = train_step.child_command(args, "lora", 2)
     child = train_step.parse_args(command[2:])
     assert (child.variant, child.rank, child.config_dir) == ("lora", 2, config_dir)
-    for name in ("model", "steps", "warmup_steps", "batch_size", "seq_len", "k_ratio", "dls_interval",
+    for name in ("model", "batch_size", "seq_len", "k_ratio", "dls_interval",
                  "gradient_checkpointing", "compile", "targets", "seed", "dtype", "device"):
         assert getattr(child, name) == getattr(args, name), name
 
@@ -175,5 +175,10 @@ def test_break_even_layer_of_freeze_is_on_the_line_through_its_two_selections():
     assert train_step.freeze_break_even(summaries) == {"ms_per_layer": 2.0, "goal_from_layer": 3, "through": (0, 12)}
     summaries["lora"]["step_ms"] = 120.0  # 102 ms: freeze meets it at layer 0 already
     assert train_step.freeze_break_even(summaries)["goal_from_layer"] == 0
+    summaries["dls-freeze-top"]["step_ms"] = 102.0  # the cut saved nothing: no line, no claim
+    assert train_step.freeze_break_even(summaries) is None
+    summaries["dls-freeze-top"]["step_ms"] = float("nan")  # no scoring step among the timed ones
+    assert train_step.freeze_break_even(summaries) is None
+    summaries["dls-freeze-top"]["step_ms"] = 66.0
     summaries["dls-freeze"]["lowest"] = [12]
     assert train_step.freeze_break_even(summaries) is None

@@ -25,6 +25,7 @@ import contextvars
 import functools
 import inspect
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -47,6 +48,19 @@ class _ActiveBlock:
 
 _ACTIVE: contextvars.ContextVar[_ActiveBlock | None] = contextvars.ContextVar("rosa_active_block", default=None)
 
+# How many blocks publish an adapter or an observer right now, in any thread. The wrapper reads it
+# first: zero means plain RoPE, a check torch.compile can trace (it cannot trace ContextVar.get), so
+# a model without RoAE in the same process as a RoSA model compiles without graph breaks. A lock
+# keeps it exact: zero is only ever read while no block publishes anywhere.
+_publishing = threading.Lock()
+_published = 0
+
+
+def _count_published(change: int) -> None:
+    global _published
+    with _publishing:
+        _published += change
+
 # ``callback(layer_index, q, k, heads_axis)`` given to observe_rotary_states.
 RotaryObserver = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 # The observer of the block now running, with its layer index already bound.
@@ -61,6 +75,8 @@ def _wrap(original):
     @functools.wraps(original)
     def apply_rotary_pos_emb_with_roae(q, k, cos, sin, *args, **kwargs):
         q, k = original(q, k, cos, sin, *args, **kwargs)
+        if not _published:
+            return q, k
         active, observer = _ACTIVE.get(), _OBSERVER.get()
         modulate = active is not None and active.adapter.enabled
         if not modulate and observer is None:
@@ -123,9 +139,11 @@ def attach(attention: nn.Module, adapter: RoAE) -> None:
     def forward_with_roae(*args, **kwargs):
         block = _ActiveBlock(adapter, _hidden_states(args, kwargs))
         token = _ACTIVE.set(block)
+        _count_published(1)
         try:
             output = inner(*args, **kwargs)
         finally:
+            _count_published(-1)
             _ACTIVE.reset(token)
         if adapter.enabled and not block.applied:
             raise RuntimeError(
@@ -190,9 +208,11 @@ def _publish_observer(attention: nn.Module, observer: Callable[[torch.Tensor, to
 
     def enter(module, args):
         tokens.append(_OBSERVER.set(observer))
+        _count_published(1)
 
     def leave(module, args, output):
         if tokens:  # empty when an earlier pre-hook raised before ``enter`` ran
+            _count_published(-1)
             _OBSERVER.reset(tokens.pop())
 
     return [attention.register_forward_pre_hook(enter), attention.register_forward_hook(leave, always_call=True)]
