@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rosa.config import DLSConfig
 from rosa.dls.selector import DynamicLayerSelector
@@ -52,7 +53,7 @@ class DLSCallback(TrainerCallback):
                 "would never train them. Build the optimizer from all adapter parameters before selecting."
             )
         if state.global_step > 0:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_NAME
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / STATE_NAME
             if not checkpoint.is_file():
                 raise RoSAError(
                     f"resuming at step {state.global_step} but {checkpoint} is missing, so the DLS selection "
@@ -66,7 +67,7 @@ class DLSCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         atomic_write_json(checkpoint / STATE_NAME, self.selector.state_dict())
 
     def on_train_end(self, args, state, control, **kwargs):

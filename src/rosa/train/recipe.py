@@ -44,6 +44,7 @@ from rosa.train.run_dir import (
     TENSORBOARD_DIR,
     TRAIN_LOG,
     check_new_run_dir,
+    checkpoint_step,
     prepare_resume,
     resume_point,
     save_failure,
@@ -161,7 +162,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
             "budget": budget,
             "steps": trainer.state.global_step,
             "train_loss": _logged_mean_loss(trainer.state.log_history),
-            "resumed_from_step": _step_of(checkpoint),
+            "resumed_from_step": checkpoint_step(checkpoint) if checkpoint is not None else None,
             "train_runtime_s": runtime,
             **dict(zip(("peak_memory_bytes", "peak_memory_kind"), memory.peak(device, memory_reset))),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -230,10 +231,6 @@ def _logged_mean_loss(log_history: list[dict]) -> float:
             total += entry["loss"] * (entry["step"] - previous)
             previous = entry["step"]
     return total / previous if previous else float("nan")
-
-
-def _step_of(checkpoint: Path | None) -> int | None:
-    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else None
 
 
 def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dtype, device: torch.device) -> TrainingArguments:

@@ -21,17 +21,18 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from rosa.dls.callback import STATE_NAME as DLS_STATE
 from rosa.errors import RoSAError
-from rosa.serialization import atomic_write_bytes
+from rosa.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_bytes
 
 RUN_SUMMARY, ADAPTER_DIR, CONFIG_FILE, PISSA_INIT_DIR = "run.json", "adapter", "config.yaml", "pissa_init"
 TRAIN_LOG, DLS_HISTORY, TENSORBOARD_DIR, BUDGET_FILE = "train_log.jsonl", "dls_history.json", "tensorboard", "budget.json"
 CHECKPOINT_PREFIX = f"{PREFIX_CHECKPOINT_DIR}-"  # the Trainer's checkpoint-N
 # what a checkpoint must hold to resume exactly (the RNG files differ with the number of processes)
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_config.json", "adapter_model.safetensors")
-DLS_STATE = "dls_state.json"
+CHECKPOINT_FILES = (TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, CONFIG_NAME, WEIGHTS_NAME)
 # errors that mean "this location cannot take our files", as opposed to a bug
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -49,10 +50,11 @@ def check_new_run_dir(path: Path, overwrite: bool) -> None:
 def checkpoints(run_dir: Path) -> list[Path]:
     """The published checkpoints of a run, oldest first."""
     found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=_step)
+    return sorted(found, key=checkpoint_step)
 
 
-def _step(checkpoint: Path) -> int:
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a ``checkpoint-N`` directory was saved at."""
     return int(checkpoint.name[len(CHECKPOINT_PREFIX):])
 
 
@@ -113,16 +115,16 @@ def prepare_resume(run_dir: Path, checkpoint: Path | None) -> None:
     that will run again, so the log reads as one uninterrupted run."""
     for leftover in [*run_dir.glob(".*.partial"), *run_dir.glob(".*.old")]:
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-    resumed_step = _step(checkpoint) if checkpoint is not None else 0
+    resumed_step = checkpoint_step(checkpoint) if checkpoint is not None else 0
     for newer in checkpoints(run_dir):
-        if _step(newer) > resumed_step:
+        if checkpoint_step(newer) > resumed_step:
             shutil.rmtree(newer)
     if checkpoint is None:
         for name in (TRAIN_LOG, DLS_HISTORY, TENSORBOARD_DIR, ADAPTER_DIR):
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         return
-    logged = len(json.loads((checkpoint / "trainer_state.json").read_text())["log_history"])
+    logged = len(json.loads((checkpoint / TRAINER_STATE_NAME).read_text())["log_history"])
     log_file = run_dir / TRAIN_LOG
     if log_file.is_file():
         # one line per Trainer log call, as in the checkpoint's log_history; a kill mid-append
