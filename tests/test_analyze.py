@@ -12,10 +12,12 @@ import torch
 import transformers as T
 
 from conftest import DATA, STORIES, randomize_adapters, require, tiny_model
+from processes import HANG_GUARD
 from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, RoSAError, get_rosa_model
 from rosa.analyze import activation_strength, analyze_layers, load_prompts, save_activation_report, selection_summary, step_matrix
+from rosa.analyze.activations import low_frequency_contrast
 from rosa.cli import main
-from rosa.analyze.plots import selection_frequency, selection_heatmap, strength_heatmap
+from rosa.analyze.plots import LOW_FREQUENCY_COLOR, selection_frequency, selection_heatmap, strength_heatmap
 from rosa.loading import load_base_model, load_tokenizer
 from rosa.roae.rotary_hook import _OBSERVER, observe_rotary_states
 
@@ -124,16 +126,121 @@ def test_strength_matches_the_definition_and_batched_equals_one_prompt_at_a_time
     assert len(batched["query_per_head"][0]) == 4 and len(batched["key_per_head"][0]) == 2
 
 
+def low_dims(report) -> list[list[int]]:
+    """Each measured layer's low-frequency dims, from the report's flags."""
+    return [[d for d, low in enumerate(row) if low] for row in report["low_frequency"]]
+
+
 @pytest.mark.parametrize("family", ["phi", "gpt_neox"])
 def test_partial_rotary_dims_have_no_frequency(family, tokenizer):
     report = activation_strength(tiny_model(family, vocab_size=512), tokenizer, PROMPTS[:2])
-    assert (report["head_dim"], report["rotary_dim"], report["n_pairs"]) == (16, 8, 4)
-    assert report["frequency"][8:] == [None] * 8 and all(f is not None for f in report["frequency"][:8])
-    assert [d for d, low in enumerate(report["low_frequency"]) if low] == [3, 7]
-    if family == "phi":  # Phi hands only the rotated half to apply_rotary_pos_emb: the rest is not observed
-        assert report["observed_dims"] == 8 and all(row[8:] == [None] * 8 and None not in row[:8] for row in report["query"])
+    # Phi hands only the rotated half to its rotary function; GPT-NeoX hands the whole head and rotates half
+    width = 8 if family == "phi" else 16
+    assert report["head_dim"] == 16 and report["r_low"] == 0.25
+    assert [(g["layers"], g["dim"], g["layout"], g["rotary_pairs"], g["low_frequency_pairs"], g["low_frequency_dims"])
+            for g in report["rotary"]] == [([0, 1, 2], width, "rotate_half", 4, [3], [3, 7])]
+    assert not {"rotary_dim", "n_pairs", "n_low_pairs"} & set(report)
+    assert len(report["frequency"]) == len(report["low_frequency"]) == 3
+    for row in report["frequency"]:
+        assert row[8:] == [None] * 8 and all(f is not None for f in row[:8]) and row[:4] == row[4:8]
+    assert low_dims(report) == [[3, 7]] * 3
+    assert report["observed_dims"] == [width] * 3
+    if family == "phi":  # the dims split off before RoPE are not observed
+        assert all(row[8:] == [None] * 8 and None not in row[:8] for row in report["query"])
     else:
-        assert report["observed_dims"] == 16 and all(None not in row for row in report["query"] + report["key"])
+        assert all(None not in row for row in report["query"] + report["key"])
+
+
+def test_an_interleaved_family_reports_adjacent_pairs(tokenizer):
+    """Cohere pairs dims 2i and 2i+1: the low-frequency dims are the last four, each pair at its inv_freq."""
+    config = T.CohereConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    report = activation_strength(model, tokenizer, PROMPTS[:2])
+    assert report["head_dim"] == 16 and report["layers"] == [0, 1, 2]
+    [group] = report["rotary"]
+    assert (group["layout"], group["dim"], group["rotary_pairs"]) == ("interleaved", 16, 8)
+    assert group["pairs"] == [[2 * i, 2 * i + 1] for i in range(8)]
+    assert (group["low_frequency_pairs"], group["low_frequency_dims"]) == ([6, 7], [12, 13, 14, 15])
+    assert low_dims(report) == [[12, 13, 14, 15]] * 3
+    inv_freq = model.model.rotary_emb.inv_freq.tolist()
+    for row in report["frequency"]:
+        assert row[0::2] == pytest.approx(inv_freq, rel=1e-6) and row[1::2] == pytest.approx(inv_freq, rel=1e-6)
+    for (layer, low, other), values in zip(low_frequency_contrast(report, "query"), report["query"]):
+        assert low == pytest.approx(sum(values[12:]) / 4) and other == pytest.approx(sum(values[:12]) / 12)
+
+
+def test_gemma3_layer_types_report_their_own_frequencies(tokenizer):
+    """Gemma 3's sliding and full-attention layers rotate with different bases: each row has its own."""
+    config = T.Gemma3TextConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        sliding_window=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    report = activation_strength(model, tokenizer, PROMPTS[:2])
+    assert [(g["layers"], g["layer_type"], g["layout"], g["low_frequency_dims"]) for g in report["rotary"]] == [
+        ([0, 1], "sliding_attention", "rotate_half", [6, 7, 14, 15]),
+        ([2], "full_attention", "rotate_half", [6, 7, 14, 15]),
+    ]
+    embedding = model.model.rotary_emb
+    for row, layer_type in zip(report["frequency"], config.layer_types):
+        inv_freq = getattr(embedding, f"{layer_type}_inv_freq").tolist()
+        assert row[:8] == pytest.approx(inv_freq, rel=1e-6) and row[8:] == pytest.approx(inv_freq, rel=1e-6)
+    assert report["frequency"][0] == report["frequency"][1]
+    assert report["frequency"][2][1:8] != pytest.approx(report["frequency"][0][1:8], rel=1e-3)
+    assert low_dims(report) == [[6, 7, 14, 15]] * 3
+
+    ax = strength_heatmap(report, "query").axes[0]
+    assert ax.child_axes[0].get_xlabel() == "rotary frequency of the dimension in layer 0 (radians per position; other layers differ)"
+    # the same low-frequency dims in every layer: one outline per half of the head, spanning all three rows
+    assert [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in ax.patches] == [(5.5, -0.5, 2, 3), (13.5, -0.5, 2, 3)]
+
+
+def test_mla_reports_only_the_decoupled_rotary_dims(tokenizer):
+    """DeepSeek-V3 rotates an 8-dim part of each 24-dim query head (and one shared key head): rows are 8 wide."""
+    config = T.DeepseekV3Config(
+        vocab_size=512, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16,
+        qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+        first_k_dense_replace=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    report = activation_strength(model, tokenizer, PROMPTS[:2])
+    assert (report["head_dim"], report["observed_dims"], report["query_heads"], report["key_heads"]) == (8, [8, 8], 4, 1)
+    assert [(g["function"], g["dim"], g["layout"], g["low_frequency_dims"]) for g in report["rotary"]] == [
+        ("apply_rotary_pos_emb_interleave", 8, "rotate_half", [3, 7])  # the interleaved input comes out rotate-half
+    ]
+    inv_freq = model.model.rotary_emb.inv_freq.tolist()
+    assert all(row == pytest.approx(inv_freq * 2, rel=1e-6) for row in report["frequency"])
+    assert low_dims(report) == [[3, 7]] * 2 and all(len(row) == 8 and None not in row for row in report["query"])
+
+
+def test_each_layer_is_outlined_and_contrasted_with_its_own_low_frequency_dims():
+    low = [[False, False, True, True], [False, False, True, True], [True, True, False, False]]
+    report = {
+        "model": "synthetic", "layers": [0, 1, 3], "r_low": 0.5, "tokens": 10, "prompts": 1,
+        "rotary": [{"layers": [0, 1], "rotary_pairs": 2, "low_frequency_pairs": [1]},
+                   {"layers": [3], "rotary_pairs": 4, "low_frequency_pairs": [0, 1]}],
+        "frequency": [[1.0, 1.0, 0.1, 0.1], [1.0, 1.0, 0.1, 0.1], [0.01, 0.01, 0.1, None]],
+        "low_frequency": low,
+        "query": [[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 5.0, None]],
+    }
+    assert low_frequency_contrast(report, "query") == [(0, 3.5, 1.5), (1, 3.5, 1.5), (3, 2.0, 5.0)]
+    figure = strength_heatmap(report, "query")
+    ax = figure.axes[0]
+    assert [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in ax.patches] == [(1.5, -0.5, 2, 2), (-0.5, 1.5, 2, 1)]
+    top = ax.child_axes[0]
+    assert [t.get_text() for t in top.get_xticklabels()] == ["1.0e+00", "1.0e+00", "1.0e-01", "1.0e-01"]
+    assert [t.get_color() == LOW_FREQUENCY_COLOR for t in top.get_xticklabels()] == low[0]
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert legend == ["low-frequency dims (r_low=0.5: layers 0-1: 1 of 2 pairs; layers 3: 2 of 4 pairs)",
+                      "not observed (split off before RoPE)"]
 
 
 def test_nope_layers_are_absent_and_listed(tokenizer):
@@ -151,8 +258,12 @@ def test_the_real_model_report_and_its_figures(tmp_path, tokenizer):
     assert report["n_layers"] == 5 and report["layers"] == list(range(5))
     assert len(report["query"]) == len(report["key"]) == 5 and all(len(row) == 8 for row in report["query"] + report["key"])
     expected = [1 / 10000 ** (2 * i / 8) for i in range(4)] * 2
-    assert report["frequency"] == pytest.approx(expected, rel=1e-6)
-    assert "sqrt(sum over heads" in report["definition"]
+    assert len(report["frequency"]) == 5 and all(row == pytest.approx(expected, rel=1e-6) for row in report["frequency"])
+    assert report["head_dim"] == 8 and report["observed_dims"] == [8] * 5 and low_dims(report) == [[3, 7]] * 5
+    assert [(g["layers"], g["layout"], g["rotary_pairs"], g["low_frequency_dims"]) for g in report["rotary"]] == [
+        ([0, 1, 2, 3, 4], "rotate_half", 4, [3, 7])
+    ]
+    assert "sqrt(sum over heads" in report["definition"] and "the layer's rotary function" in report["definition"]
 
     figure = strength_heatmap(report, "query")
     ax = figure.axes[0]
@@ -161,7 +272,10 @@ def test_the_real_model_report_and_its_figures(tmp_path, tokenizer):
     assert ax.images[0].colorbar.ax.get_ylabel() == "mean L2 norm over heads"
     top = ax.child_axes[0]
     assert [t.get_text() for t in top.get_xticklabels()][:4] == ["1.0e+00", "1.0e-01", "1.0e-02", "1.0e-03"]
-    assert len(ax.patches) == 2 and figure.legends  # the two low-frequency blocks, and their legend
+    assert top.get_xlabel() == "rotary frequency of the dimension (radians per position)"
+    # the two low-frequency blocks over all five layers, and their legend
+    assert [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in ax.patches] == [(2.5, -0.5, 1, 5), (6.5, -0.5, 1, 5)]
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["low-frequency dims (r_low=0.25: 1 of 4 pairs)"]
 
     paths = save_activation_report(report, tmp_path / "out")
     assert [p.name for p in paths] == ["activations.json", "query_strength.png", "key_strength.png"]
@@ -261,12 +375,13 @@ def test_cli_both_analyses_exit_0_and_write_their_files(tmp_path):
     activations = rosa("activations", "--model", str(require(STORIES)), "--prompts", "boolq", "--data-dir", str(require(DATA)),
                        "--limit", "4", "--precision", "fp32", "--output", str(out))
     layers = rosa("layers", str(run), "--output", str(tmp_path / "layers"))
-    (a_stdout, a_stderr), (l_stdout, l_stderr) = activations.communicate(timeout=120), layers.communicate(timeout=120)
+    (a_stdout, a_stderr), (l_stdout, l_stderr) = activations.communicate(timeout=HANG_GUARD), layers.communicate(timeout=HANG_GUARD)
 
     assert activations.returncode == 0, a_stderr
     assert {p.name for p in out.iterdir()} == {"activations.json", "query_strength.png", "key_strength.png"}
     assert json.loads((out / "activations.json").read_text())["prompts"] == 4
     assert "low-freq" in a_stdout
+    assert "  layers 0-4 (rotate_half, 4 pairs in 8 dims) -> [3, 7]" in a_stdout.splitlines()
     assert layers.returncode == 0, l_stderr
     assert {p.name for p in (tmp_path / "layers").iterdir()} == {"dls_selection.json", "dls_selection.png", "dls_frequency.png"}
     assert "    2        3        1      4      1.00              9" in l_stdout.splitlines()

@@ -8,17 +8,19 @@ import sys
 import transformers as T
 
 from conftest import STORIES, require, tiny_config
+from processes import HANG_GUARD
 
 
 def rosa(*args):
-    return subprocess.run([sys.executable, "-m", "rosa.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "rosa.cli", *args], capture_output=True, text=True, timeout=HANG_GUARD)
 
 
 def test_info_reports_geometry_and_the_trainable_count_of_a_real_model():
     result = rosa("info", str(require(STORIES)), "--targets", "q,k")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "low-frequency pairs [3]  (r_low=0.25)" in lines
+    assert "  low-frequency     pairs [3] -> dims [3, 7]  (r_low=0.25)" in lines
+    assert "  heads             8 query / 4 key (as RoPE hands them to attention)" in lines
     assert "DLS norms per layer ['input_layernorm', 'post_attention_layernorm']" in lines
     # 5 layers x (q: 8*64 + 8*8 heads*2 dims, k: 8*64 + 8*4 heads*2 dims)
     assert any(line.startswith("trainable params: 6,080 ||") for line in lines)
@@ -41,4 +43,31 @@ def test_info_works_on_a_partial_rotary_config(tmp_path):
     tiny_config("phi").save_pretrained(tmp_path)
     result = rosa("info", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "rotary pairs        4 (rotary dims 8 of 16)" in result.stdout.splitlines()
+    # Phi splits the 16-dim head before RoPE: its rotary function only ever sees the 8 rotated dims
+    assert "  rotary            apply_rotary_pos_emb, rotate_half layout, 4 pairs = 8 of 8 dims" in result.stdout.splitlines()
+
+
+def test_info_reports_one_shared_key_head_on_falcon_multi_query(tmp_path):
+    T.FalconConfig(vocab_size=97, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, multi_query=True,
+                   new_decoder_architecture=False).save_pretrained(tmp_path)
+    result = rosa("info", str(tmp_path), "--targets", "q,k")
+    assert result.returncode == 0, result.stderr
+    assert "  heads             4 query / 1 key (as RoPE hands them to attention)" in result.stdout.splitlines()
+
+
+def test_info_reports_the_interleaved_layout_and_its_dims(tmp_path):
+    T.CohereConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2).save_pretrained(tmp_path)
+    result = rosa("info", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "  rotary            apply_rotary_pos_emb, interleaved layout, 8 pairs = 16 of 16 dims" in lines
+    assert "  low-frequency     pairs [6, 7] -> dims [12, 13, 14, 15]  (r_low=0.25)" in lines
+
+
+def test_info_refuses_gptj_with_the_true_reason(tmp_path):
+    T.GPTJConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=4, rotary_dim=8).save_pretrained(tmp_path)
+    result = rosa("info", str(tmp_path))
+    assert result.returncode == 2
+    assert "rotates the query and the key in separate calls" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -8,7 +8,9 @@ import torch
 from conftest import tiny_model
 from rosa import DLSConfig, RoSAConfig, RoSAConfigError, get_rosa_model
 from rosa.config import round_half_up
-from rosa.roae.frequencies import RotarySpec, rotary_spec
+from rosa.errors import UnsupportedModelError
+from rosa.roae import RotaryLayout, rotary_geometry
+from rosa.roae.layout import measure_layout
 
 
 @pytest.mark.parametrize(
@@ -27,24 +29,69 @@ from rosa.roae.frequencies import RotarySpec, rotary_spec
 def test_scaled_rope_uses_the_scaled_frequencies(rope_parameters):
     model = tiny_model("llama", rope_parameters=rope_parameters)
     inv_freq = model.model.rotary_emb.inv_freq
-    spec = rotary_spec(model)
-    assert spec.inv_freq == tuple(float(f) for f in inv_freq)
+    layout = rotary_geometry(model).layers[0].layout
+    assert layout.frequencies == pytest.approx(inv_freq.tolist(), rel=1e-6)
     lowest_two = sorted(torch.argsort(inv_freq)[:2].tolist())
-    assert spec.low_frequency_pairs(2) == lowest_two == [6, 7]
+    assert layout.low_frequency_pairs(2) == lowest_two == [6, 7]
     rosa = get_rosa_model(model, RoSAConfig(r_low=0.25))
-    assert rosa.geometry.low_frequency_pairs == (6, 7)
+    assert rosa.geometry.rotary[0].low_frequency_pairs == (6, 7)
 
 
 def test_partial_rotary_never_selects_unrotated_dims():
     model = tiny_model("phi")  # head_dim 16, partial_rotary_factor 0.5 -> 4 rotary pairs
-    spec = rotary_spec(model)
-    assert spec.n_pairs == 4 and spec.rotary_dim == 8
-    assert spec.low_frequency_dims(2) == [2, 3, 6, 7]
-    assert max(spec.low_frequency_dims(4)) < 8
+    layout = rotary_geometry(model).layers[0].layout
+    assert layout.n_pairs == 4 and layout.rotary_dim == 8
+    assert layout.low_frequency_dims(2) == [2, 3, 6, 7]
+    assert max(layout.low_frequency_dims(4)) < 8
 
 
 def test_ties_prefer_the_higher_pair_index():
-    assert RotarySpec((1.0, 0.5, 0.5, 0.25)).low_frequency_pairs(2) == [2, 3]
+    layout = RotaryLayout(dim=8, pairs=((0, 4), (1, 5), (2, 6), (3, 7)), frequencies=(1.0, 0.5, 0.5, 0.25))
+    assert layout.low_frequency_pairs(2) == [2, 3]
+
+
+def _cos_sin(inv_freq, repeat):
+    def at(position):
+        angles = position * torch.tensor(inv_freq)
+        angles = angles.repeat_interleave(2) if repeat == "interleave" else torch.cat([angles, angles])
+        return angles.cos()[None, None], angles.sin()[None, None]
+
+    return at
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def _rotate_pairs(x):
+    return torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).flatten(-2)
+
+
+@pytest.mark.parametrize(
+    ("rotate", "repeat", "pairs", "name"),
+    [
+        (lambda s, c, n: s * c + _rotate_half(s) * n, "cat", ((0, 3), (1, 4), (2, 5)), "rotate_half"),
+        (lambda s, c, n: s * c + _rotate_pairs(s) * n, "interleave", ((0, 1), (2, 3), (4, 5)), "interleaved"),
+        # attention scaling (YaRN) multiplies cos and sin alike: it must not change the measured angles
+        (lambda s, c, n: 1.3 * (s * c + _rotate_half(s) * n), "cat", ((0, 3), (1, 4), (2, 5)), "rotate_half"),
+    ],
+    ids=["rotate_half", "interleaved", "scaled"],
+)
+def test_measured_layout_finds_the_pairs_and_their_frequencies(rotate, repeat, pairs, name):
+    inv_freq = [1.0, 0.1, 0.01]
+    layout = measure_layout(rotate, 6, 1, _cos_sin(inv_freq, repeat), "test")
+    assert (layout.pairs, layout.name) == (pairs, name)
+    assert layout.frequencies == pytest.approx(inv_freq, rel=1e-6)
+    assert layout.low_frequency_dims(1) == sorted(pairs[2])
+
+
+def test_a_rotation_that_is_not_pairwise_is_refused():
+    def mixes_three(states, cos, sin):
+        return states * cos + states.roll(1, -1) * sin + states.roll(2, -1) * sin
+
+    with pytest.raises(UnsupportedModelError, match="not with one partner"):
+        measure_layout(mixes_three, 6, 1, _cos_sin([1.0, 0.1, 0.01], "cat"), "layer 0")
 
 
 @pytest.mark.parametrize(("r_low", "n_pairs", "expected"), [(0.25, 8, 2), (0.1, 8, 1), (0.1, 4, 1), (0.3, 5, 2), (0.5, 5, 3), (1.0, 8, 8)])

@@ -105,7 +105,7 @@ def test_low_frequency_dims_follow_the_models_frequencies_not_index_positions(to
     model = get_rosa_model(base, RoSAConfig(r_low=0.25))
     randomize_adapters(model)
     after = recorded_states(model, tokens)
-    assert model.geometry.low_frequency_pairs == (0, 1)
+    assert model.geometry.rotary[0].low_frequency_pairs == (0, 1)
     (q0, _), (q1, _) = before[0], after[0]
     changed = {d for d in range(16) if not torch.equal(q0[..., d], q1[..., d])}
     assert changed == {0, 1, 8, 9}

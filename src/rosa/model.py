@@ -12,8 +12,7 @@ from torch import nn
 
 from rosa.config import RoSAConfig
 from rosa.errors import AdapterLoadError
-from rosa.roae.frequencies import rotary_spec
-from rosa.roae.inject import BaseGeometry, base_geometry, inject_roae, remove_roae
+from rosa.roae.inject import BaseGeometry, inject_roae, remove_roae
 from rosa.serialization import read_adapter_header, read_adapter_tensors, save_adapter
 from rosa.version import __version__
 
@@ -34,10 +33,15 @@ class RoSAModel(nn.Module):
         self.rosa_config = config
         for parameter in base_model.parameters():
             parameter.requires_grad_(False)
-        self.geometry, self.adapters, self.nope_layers = inject_roae(base_model, config)
+        self.geometry, self.adapters = inject_roae(base_model, config)
         # Trainer (and other tools) read forward's signature to choose dataset columns; expose the
         # base model's instead of (*args, **kwargs), as peft.PeftModel does.
         self.forward = functools.wraps(base_model.forward)(functools.partial(type(self).forward, self))
+
+    @property
+    def nope_layers(self) -> list[int]:
+        """Layers left out because they do not apply RoPE (NoPE layers, no-RoPE layer types, no attention)."""
+        return list(self.geometry.without_rope)
 
     # Attribute access falls through to the base model, like peft.PeftModel.
     def __getattr__(self, name: str) -> Any:
@@ -122,10 +126,10 @@ class RoSAModel(nn.Module):
     ) -> "RoSAModel":
         """Load a saved adapter onto ``base_model``; refuses adapters made for another base."""
         config, saved = _read_header(adapter_path)
-        _check_same_base(base_geometry(base_model, config, rotary_spec(base_model)), saved, adapter_path)
         tensors = read_adapter_tensors(adapter_path)
         model = cls(base_model, config)
         try:
+            _check_same_base(model.geometry, saved, adapter_path)
             _copy_adapter_tensors(model.adapter_parameters(), tensors, adapter_path)
         except AdapterLoadError:
             model.unload()

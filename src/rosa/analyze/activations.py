@@ -1,22 +1,28 @@
 """The paper's Figure 1 on any model: how strongly each head dimension of the RoPE-rotated query and
-key states is activated, per layer, beside that dimension's rotary frequency.
+key states is activated, per layer, beside that dimension's rotary frequency in that layer.
 
 Definition (written into every report as ``definition``). Let ``Z[t, h, d]`` be the query (or key)
-state of token ``t``, head ``h``, head dimension ``d`` as RoPE hands it to attention: rotated, and
-modulated by RoAE when an adapter is attached. For layer ``l``::
+state of token ``t``, head ``h``, head dimension ``d`` as the layer's rotary function hands it to
+attention: rotated, and modulated by RoAE when an adapter is attached. For layer ``l``::
 
     strength[l][d]    = mean over real tokens t of sqrt(sum over heads h of Z[t, h, d]^2)
     per_head[l][h][d] = mean over real tokens t of |Z[t, h, d]|
 
 The L2 norm over heads gives one number per dimension whatever the head count, and keys are
-measured over the key/value heads (fewer than the query heads under GQA). Padding tokens
-(``attention_mask == 0``) are excluded and prompts are padded on the right, so every real token
-keeps its position and its causal context: a batched measurement equals one prompt at a time.
+measured over the key heads the rotary function receives (fewer than the query heads under GQA).
+Padding tokens (``attention_mask == 0``) are excluded and prompts are padded on the right, so every
+real token keeps its position and its causal context: a batched measurement equals one prompt at a
+time.
 
-Dimension ``d < rotary_dim`` belongs to rotary pair ``d mod n_pairs`` (rotate-half layout) and
-rotates at that pair's ``inv_freq`` radians per position; the others are not rotated (partial
-rotary). A family that splits the head before RoPE (Phi) passes only the rotated dimensions
-through ``apply_rotary_pos_emb``, so its other dimensions are not observed and are null.
+Which dimensions rotate together and how fast is measured per layer from the layer's own rotary
+function and rotary embedding (:func:`rosa.roae.inject.base_geometry`), not assumed: dimension ``d``
+of layer ``l`` rotates at ``frequency[l][d]`` radians per position, shared with its pair partner
+(``d`` and ``d + n/2`` in the rotate-half layout, ``2i`` and ``2i + 1`` interleaved, as measured),
+and is null when RoPE leaves it alone (partial rotary). Layers may differ (Gemma 3's sliding and
+full-attention layers have their own frequencies). Dimensions index the states the rotary function
+returns: a family that splits the head before RoPE (Phi, and DeepSeek-V3's decoupled rotary part)
+passes only those dimensions through it, so the others are not observed and are null past the
+layer's observed width.
 """
 
 from __future__ import annotations
@@ -33,18 +39,20 @@ from rosa.config import RoSAConfig
 from rosa.data import load_dataset
 from rosa.data.prompts import eval_prompt
 from rosa.errors import RoSAError
-from rosa.roae.frequencies import rotary_spec
+from rosa.roae.inject import BaseGeometry, base_geometry
 from rosa.roae.rotary_hook import observe_rotary_states
 from rosa.serialization import atomic_write_json, atomic_write_png
 
 STATES = ("query", "key")
 DEFINITION = (
     "For layer l and head dimension d, strength = mean over real (non-padding) tokens t of "
-    "sqrt(sum over heads h of Z[t,h,d]^2), where Z is the query or key state right after RoPE "
-    "(after RoAE too when an adapter is attached); key states are measured over the key/value heads. "
-    "per_head[l][h][d] = mean over real tokens t of |Z[t,h,d]|. Frequency: inv_freq of the dimension's "
-    "rotary pair (radians per position), null for dimensions RoPE does not rotate. Null strengths: "
-    "dimensions the model's code does not pass through apply_rotary_pos_emb (not observed)."
+    "sqrt(sum over heads h of Z[t,h,d]^2), where Z is the query or key state as the layer's rotary "
+    "function hands it to attention (after RoAE too when an adapter is attached); key states are measured "
+    "over the key heads it receives. per_head[l][h][d] = mean over real tokens t of |Z[t,h,d]|. "
+    "frequency[l][d]: the angle per position (radians) of the rotary pair holding dimension d in layer l, "
+    "pairs and angles measured from that layer's rotary function and embedding; null for dimensions RoPE "
+    "does not rotate. low_frequency[l][d]: d belongs to one of the layer's round(r_low * pairs) "
+    "lowest-frequency pairs. Null strengths: dimensions the layer's rotary function is not given (not observed)."
 )
 
 
@@ -96,9 +104,10 @@ def activation_strength(
         raise RoSAError("activation_strength needs at least one prompt.")
     if batch_size < 1 or max_length < 1:
         raise RoSAError(f"batch_size and max_length must be >= 1, got {batch_size} and {max_length}.")
+    geometry = base_geometry(model, RoSAConfig(r_low=r_low))  # before the forward passes: refusals come first
     batches = _tokenized(tokenizer, prompts, batch_size, max_length, next(model.parameters()).device)
     sums, layers = _measure(model, batches)
-    return _report(model, sums, layers, len(prompts), r_low)
+    return _report(model, geometry, sums, layers, len(prompts), r_low)
 
 
 def _measure(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[_Sums, list[int]]:
@@ -124,21 +133,21 @@ def _tokenized(tokenizer: Any, prompts: list[str], batch_size: int, max_length: 
         yield {name: batch[name].to(device) for name in ("input_ids", "attention_mask")}
 
 
-def _geometry(model: nn.Module, r_low: float) -> dict[str, Any]:
+def _config_head_dim(model: nn.Module) -> int:
     text = text_config(model)
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    spec = rotary_spec(model)
-    n_low = RoSAConfig(r_low=r_low).n_low_pairs(spec.n_pairs)
-    low = set(spec.low_frequency_dims(n_low))
-    return {
-        "head_dim": head_dim,
-        "rotary_dim": spec.rotary_dim,
-        "n_pairs": spec.n_pairs,
-        "r_low": r_low,
-        "n_low_pairs": n_low,
-        "frequency": [spec.inv_freq[d % spec.n_pairs] if d < spec.rotary_dim else None for d in range(head_dim)],
-        "low_frequency": [d in low for d in range(head_dim)],
-    }
+    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+
+def _rotary_rows(geometry: BaseGeometry, layers: list[int], width: int) -> dict[str, Any]:
+    """Each measured layer's frequency and low-frequency flag per dimension, ``width`` wide."""
+    frequency, low_frequency = [], []
+    for layer in layers:
+        group = geometry.group_of(layer)
+        layout = group.rotary.layout
+        low = set(group.low_frequency_dims)
+        frequency.append(layout.dim_frequencies() + [None] * (width - layout.dim))
+        low_frequency.append([d in low for d in range(width)])
+    return {"frequency": frequency, "low_frequency": low_frequency}
 
 
 def _padded(values: torch.Tensor, width: int) -> list:
@@ -149,14 +158,20 @@ def _padded(values: torch.Tensor, width: int) -> list:
     return [row + [None] * (width - len(row)) for row in rows]
 
 
-def _report(model: nn.Module, sums: _Sums, layers: list[int], n_prompts: int, r_low: float) -> dict[str, Any]:
+def _report(
+    model: nn.Module, geometry: BaseGeometry, sums: _Sums, layers: list[int], n_prompts: int, r_low: float
+) -> dict[str, Any]:
     if sums.tokens == 0:
         raise RoSAError("the prompts produced no tokens to measure.")
-    geometry = _geometry(model, r_low)
-    head_dim = geometry["head_dim"]
-    observed = sums.norm[("query", layers[0])].numel()
-    if observed > head_dim:
-        raise RoSAError(f"RoPE states have {observed} dims but the config says heads have {head_dim}.")
+    measured = sorted(i for group in geometry.rotary for i in group.layers)
+    if measured != layers:
+        raise RoSAError(f"RoPE was observed in layers {layers}, but the rotary geometry was measured for {measured}.")
+    observed = [sums.norm[("query", i)].numel() for i in layers]
+    for layer, width in zip(layers, observed):
+        if width != geometry.group_of(layer).rotary.layout.dim:
+            raise RoSAError(f"layer {layer}: RoPE states have {width} dims, but its rotary layout was measured on "
+                            f"{geometry.group_of(layer).rotary.layout.dim}.")
+    head_dim = max(_config_head_dim(model), *observed)
     text = text_config(model)
     n_layers = len(find_decoder_stack(model))
     report: dict[str, Any] = {
@@ -165,7 +180,10 @@ def _report(model: nn.Module, sums: _Sums, layers: list[int], n_prompts: int, r_
         "n_layers": n_layers,
         "layers": layers,
         "nope_layers": [i for i in range(n_layers) if i not in layers],
-        **geometry,
+        "head_dim": head_dim,
+        "r_low": r_low,
+        "rotary": [group.to_dict() for group in geometry.rotary],
+        **_rotary_rows(geometry, layers, head_dim),
         "observed_dims": observed,
         "prompts": n_prompts,
         "tokens": sums.tokens,
@@ -181,14 +199,26 @@ def low_frequency_contrast(report: dict[str, Any], state: str) -> list[tuple[int
     """Per layer: mean strength of the low-frequency dims and of the other observed dims.
 
     This is the paper's claim in two numbers per layer: the low-frequency dims carry larger values.
+    Each layer is split by its own low-frequency flags (``report["low_frequency"][row]``).
     """
-    low = report["low_frequency"]
     rows = []
-    for layer, values in zip(report["layers"], report[state]):
+    for layer, values, low in zip(report["layers"], report[state], report["low_frequency"]):
         low_values = [v for v, is_low in zip(values, low) if is_low and v is not None]
         other = [v for v, is_low in zip(values, low) if not is_low and v is not None]
         rows.append((layer, sum(low_values) / len(low_values), sum(other) / len(other) if other else float("nan")))
     return rows
+
+
+def layer_ranges(layers: Iterable[int]) -> str:
+    """``0-3, 5, 7-9``: many layer indices in a short line."""
+    parts, run = [], []
+    for index in [*layers, None]:
+        if run and (index is None or index != run[-1] + 1):
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+            run = []
+        if index is not None:
+            run.append(index)
+    return ", ".join(parts)
 
 
 def save_activation_report(report: dict[str, Any], output_dir: str | Path) -> list[Path]:

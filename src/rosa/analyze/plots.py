@@ -11,6 +11,8 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from rosa.analyze.activations import layer_ranges
+
 LOW_FREQUENCY_COLOR = "crimson"
 # not trained, warm-up, exploit, explore (rosa.analyze.selection.CATEGORIES)
 SELECTION_COLORS = ("#eeeeee", "#9e9e9e", "#1f77b4", "#ff7f0e")
@@ -34,7 +36,7 @@ def _short(name: str) -> str:
 
 def _runs(flags: list[bool]) -> list[tuple[int, int]]:
     """``(start, length)`` of each run of consecutive true flags: the low-frequency dims come as one
-    block per half of the head in the rotate-half layout."""
+    block per half of the head in the rotate-half layout, as one block when interleaved."""
     runs, start = [], None
     for index, flag in enumerate([*flags, False]):
         if flag and start is None:
@@ -45,9 +47,32 @@ def _runs(flags: list[bool]) -> list[tuple[int, int]]:
     return runs
 
 
+def _low_frequency_blocks(rows: list[list[bool]]) -> list[tuple[int, int, int, int]]:
+    """``(first dim, n dims, first row, n rows)`` of each outline: one per run of low-frequency dims,
+    spanning the consecutive rows (layers) whose runs are the same."""
+    blocks, first = [], 0
+    for row in range(1, len(rows) + 1):
+        if row == len(rows) or _runs(rows[row]) != _runs(rows[first]):
+            blocks += [(start, length, first, row - first) for start, length in _runs(rows[first])]
+            first = row
+    return blocks
+
+
+def _low_frequency_label(report: dict[str, Any]) -> str:
+    """``r_low`` and how many pairs that makes, per rotary group when the groups' counts differ."""
+    counts = [(len(g["low_frequency_pairs"]), g["rotary_pairs"]) for g in report["rotary"]]
+    if len(set(counts)) == 1:
+        detail = f"{counts[0][0]} of {counts[0][1]} pairs"
+    else:
+        detail = "; ".join(f"layers {layer_ranges(g['layers'])}: {n} of {total} pairs"
+                           for g, (n, total) in zip(report["rotary"], counts))
+    return f"low-frequency dims (r_low={report['r_low']}: {detail})"
+
+
 def strength_heatmap(report: dict[str, Any], state: str) -> Figure:
     """Layers x head dimensions of ``report[state]`` (``state``: "query" or "key"), with each dimension's
-    rotary frequency on a top axis and the low-frequency dimensions outlined."""
+    rotary frequency on a top axis (the first measured layer's, when layers differ) and each layer's
+    low-frequency dimensions outlined."""
     values = np.array([[np.nan if v is None else v for v in row] for row in report[state]], dtype=float)
     n_layers, head_dim = values.shape
     fig = Figure(figsize=(min(16.0, max(7.0, 0.3 * head_dim + 3)), min(12.0, max(4.0, 0.3 * n_layers + 3))), layout="constrained")
@@ -61,17 +86,21 @@ def strength_heatmap(report: dict[str, Any], state: str) -> Figure:
     ax.set_xlabel("head dimension index")
     ax.set_yticks(range(n_layers), [str(layer) for layer in report["layers"]])
     ax.set_ylabel("layer")
+    frequency, low = report["frequency"][0], report["low_frequency"][0]
     top = ax.secondary_xaxis("top")
-    top.set_xticks(ticks, [_frequency_label(report["frequency"][d]) for d in ticks], rotation=90, fontsize=7)
-    top.set_xlabel("rotary frequency of the dimension (radians per position)")
+    top.set_xticks(ticks, [_frequency_label(frequency[d]) for d in ticks], rotation=90, fontsize=7)
+    if all(row == frequency for row in report["frequency"]):
+        top.set_xlabel("rotary frequency of the dimension (radians per position)")
+    else:
+        top.set_xlabel(f"rotary frequency of the dimension in layer {report['layers'][0]} "
+                       "(radians per position; other layers differ)")
     for label, d in zip(top.get_xticklabels(), ticks):
-        if report["low_frequency"][d]:
+        if low[d]:
             label.set_color(LOW_FREQUENCY_COLOR)
 
-    for start, length in _runs(report["low_frequency"]):
-        ax.add_patch(Rectangle((start - 0.5, -0.5), length, n_layers, fill=False, edgecolor=LOW_FREQUENCY_COLOR, linewidth=2))
-    handles = [Patch(fill=False, edgecolor=LOW_FREQUENCY_COLOR, linewidth=2,
-                     label=f"low-frequency dims (r_low={report['r_low']}: {report['n_low_pairs']} of {report['n_pairs']} pairs)")]
+    for start, length, row, n_rows in _low_frequency_blocks(report["low_frequency"]):
+        ax.add_patch(Rectangle((start - 0.5, row - 0.5), length, n_rows, fill=False, edgecolor=LOW_FREQUENCY_COLOR, linewidth=2))
+    handles = [Patch(fill=False, edgecolor=LOW_FREQUENCY_COLOR, linewidth=2, label=_low_frequency_label(report))]
     if np.isnan(values).any():
         handles.append(Patch(facecolor="white", edgecolor="grey", label="not observed (split off before RoPE)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)

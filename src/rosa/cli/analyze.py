@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _activations(args: argparse.Namespace) -> int:
-    from rosa.analyze.activations import activation_strength, load_prompts, low_frequency_contrast, save_activation_report
+    from rosa.analyze.activations import (
+        activation_strength, layer_ranges, load_prompts, low_frequency_contrast, save_activation_report,
+    )
     from rosa.errors import RoSAError
     from rosa.loading import load_for_inference
 
@@ -68,8 +70,11 @@ def _activations(args: argparse.Namespace) -> int:
     report.update(model=args.model, adapter=str(Path(args.adapter).resolve()) if args.adapter else None, prompt_source=args.prompts)
     paths = save_activation_report(report, output)
 
-    print(f"{report['tokens']:,} tokens from {report['prompts']} prompts; low-frequency dims "
-          f"{[d for d, low in enumerate(report['low_frequency']) if low]} of {report['head_dim']}")
+    print(f"{report['tokens']:,} tokens from {report['prompts']} prompts; low-frequency dims (r_low={report['r_low']}) per layer group:")
+    for group in report["rotary"]:
+        kind = f", {group['layer_type']}" if group["layer_type"] else ""
+        print(f"  layers {layer_ranges(group['layers'])} ({group['layout']}, {group['rotary_pairs']} pairs in "
+              f"{group['dim']} dims{kind}) -> {group['low_frequency_dims']}")
     if report["nope_layers"]:
         print(f"layers without RoPE (not measured): {report['nope_layers']}")
     print("mean strength (L2 over heads) of the low-frequency dims vs the other dims")

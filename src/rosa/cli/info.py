@@ -16,6 +16,7 @@ def add_parser(commands, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rosa import RoSAConfig, get_rosa_model
+    from rosa.analyze.activations import layer_ranges
     from rosa.architecture import block_norms, find_decoder_stack
     from rosa.train.methods import meta_model
 
@@ -24,10 +25,15 @@ def run(args: argparse.Namespace) -> int:
     model = get_rosa_model(base, config)
     g = model.geometry
     print(f"model type          {g.model_type}  ({g.num_hidden_layers} layers, hidden {g.hidden_size})")
-    print(f"heads               {g.num_attention_heads} query / {g.num_key_value_heads} key-value, head dim {g.head_dim}")
-    print(f"rotary pairs        {g.rotary_pairs} (rotary dims {2 * g.rotary_pairs} of {g.head_dim})")
-    print(f"low-frequency pairs {list(g.low_frequency_pairs)}  (r_low={config.r_low})")
-    print(f"adapted layers      {sorted(model.adapters)}" + (f"; NoPE layers left out: {model.nope_layers}" if model.nope_layers else ""))
+    for group in g.rotary:
+        rotary, layout = group.rotary, group.rotary.layout
+        kind = f", layer type {rotary.layer_type}" if rotary.layer_type else ""
+        print(f"layers {layer_ranges(group.layers)}{kind}")
+        print(f"  heads             {rotary.query_heads} query / {rotary.key_heads} key (as RoPE hands them to attention)")
+        print(f"  rotary            {rotary.function}, {layout.name} layout, {layout.n_pairs} pairs = {layout.rotary_dim} of {layout.dim} dims")
+        print(f"  low-frequency     pairs {list(group.low_frequency_pairs)} -> dims {group.low_frequency_dims}  (r_low={config.r_low})")
+    print(f"adapted layers      {layer_ranges(sorted(model.adapters))}" + (f"; without RoPE, left out: {model.nope_layers}" if model.nope_layers else ""))
     print(f"DLS norms per layer {list(block_norms(find_decoder_stack(base).layers[0]))}")
     model.print_trainable_parameters()
     return 0
+

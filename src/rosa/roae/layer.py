@@ -43,6 +43,8 @@ class RoAE(nn.Module):
         alpha: float,
         heads: dict[str, int],
         low_dims: list[int],
+        dim: int,
+        rotary_function: str,
         dtype: torch.dtype,
         generator: torch.Generator | None = None,
     ):
@@ -51,6 +53,8 @@ class RoAE(nn.Module):
         self.alpha = float(alpha)
         self.heads = dict(heads)
         self.d_low = len(low_dims)
+        self.dim = dim
+        self.rotary_function = rotary_function
         self.signals = nn.ModuleDict(
             {target: LowRankSignal(d_model, rank, n * self.d_low, generator) for target, n in heads.items()}
         ).to(dtype)
@@ -65,10 +69,11 @@ class RoAE(nn.Module):
         default) and cast back, so a bf16/fp16 base keeps full-precision adapter math.
         """
         n_heads = self.heads[target]
-        if states.shape[heads_axis] != n_heads:
+        if states.shape[heads_axis] != n_heads or states.shape[-1] != self.dim:
             raise RuntimeError(
-                f"RoAE layer {self.layer_index}: expected {n_heads} '{target}' heads on axis {heads_axis}, "
-                f"got states of shape {tuple(states.shape)}; this model's attention layout is not supported."
+                f"RoAE layer {self.layer_index}: expected {n_heads} '{target}' heads of {self.dim} dims on axis "
+                f"{heads_axis}, got states of shape {tuple(states.shape)}; rebuild the RoSA model after "
+                "changing the base model's config."
             )
         signal = self.signals[target](hidden).unflatten(-1, (n_heads, self.d_low))  # [b, s, h, d_low]
         if heads_axis == 1:

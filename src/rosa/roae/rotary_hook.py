@@ -1,9 +1,10 @@
 """Apply RoAE right after RoPE, before the KV cache and before any attention kernel.
 
-Every RoPE family in ``transformers`` rotates q and k with its modeling module's
-``apply_rotary_pos_emb`` and only then writes keys to the cache and calls the attention function
-chosen through ``AttentionInterface`` (eager, sdpa, flash). Wrapping that one function is therefore
-the single point where:
+Every RoPE family in ``transformers`` that RoAE supports rotates q and k together with a
+module-level function of its modeling file (``apply_rotary_pos_emb``, DeepSeek-V3's
+``apply_rotary_pos_emb_interleave``, ...) and only then writes keys to the cache and calls the
+attention function chosen through ``AttentionInterface`` (eager, sdpa, flash). Wrapping that function
+is therefore the single point where:
 
 - the states are already rotated (the spec adapts rotated states),
 - a modulated key is what enters the KV cache, so cached and uncached generation agree,
@@ -13,7 +14,8 @@ The wrapper is a no-op unless an attention block carrying a RoAE adapter is runn
 forward publishes ``(adapter, hidden_states)`` in a context variable for the duration of the call,
 and checks afterwards that RoPE actually ran (so a NoPE layer cannot silently skip its adapter).
 
-The same point serves observation (:func:`observe_rotary_states`, used by ``rosa analyze``): an
+The same point serves probing (:func:`probe_rotary_call`: which function a block rotates with and
+on what shapes, see :mod:`rosa.roae.probe`) and observation (:func:`observe_rotary_states`, used by ``rosa analyze``): an
 observer published for a block sees that block's states as attention will receive them, that is
 after RoPE and after RoAE when an adapter is attached.
 """
@@ -36,7 +38,11 @@ from rosa.architecture import find_decoder_stack
 from rosa.errors import UnsupportedModelError
 from rosa.roae.layer import RoAE
 
-ROTARY_FUNCTION = "apply_rotary_pos_emb"
+# Every transformers RoPE family rotates with a module-level function of its modeling file whose
+# name starts with this: apply_rotary_pos_emb, apply_rotary_pos_emb_interleave (DeepSeek-V3), ...
+ROTARY_FUNCTION_PREFIX = "apply_rotary"
+# The arguments such a function must start with for RoAE to tell the query from the key.
+ROTARY_SIGNATURE = ("q", "k", "cos", "sin")
 
 
 @dataclass
@@ -46,12 +52,32 @@ class _ActiveBlock:
     applied: bool = field(default=False)
 
 
-_ACTIVE: contextvars.ContextVar[_ActiveBlock | None] = contextvars.ContextVar("rosa_active_block", default=None)
+@dataclass
+class RotaryCall:
+    """What one probed attention block handed its rotary function (see :func:`probe_rotary_call`)."""
 
-# How many blocks publish an adapter or an observer right now, in any thread. The wrapper reads it
-# first: zero means plain RoPE, a check torch.compile can trace (it cannot trace ContextVar.get), so
-# a model without RoAE in the same process as a RoSA model compiles without graph breaks. A lock
-# keeps it exact: zero is only ever read while no block publishes anywhere.
+    function: str
+    query_shape: tuple[int, ...]
+    key_shape: tuple[int, ...]
+    heads_axis: int
+    options: dict
+
+
+class _ProbeFinished(Exception):
+    """Raised by the wrapper to stop a probed block right after its rotary function."""
+
+
+_ACTIVE: contextvars.ContextVar[_ActiveBlock | None] = contextvars.ContextVar("rosa_active_block", default=None)
+_PROBE: contextvars.ContextVar[list | None] = contextvars.ContextVar("rosa_rotary_probe", default=None)
+# True while a module nested in an attention block runs RoPE of its own (the token indexer of
+# DeepSeek-V3.2-style sparse attention, say): those states select tokens, they are not the block's
+# queries and keys, so the wrapper leaves them alone.
+_NESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("rosa_nested_rotary", default=False)
+
+# How many blocks publish an adapter, an observer or a probe right now, in any thread. The wrapper
+# reads it first: zero means plain RoPE, a check torch.compile can trace (it cannot trace
+# ContextVar.get), so a model without RoAE in the same process as a RoSA model compiles without
+# graph breaks. A lock keeps it exact: zero is only ever read while no block publishes anywhere.
 _publishing = threading.Lock()
 _published = 0
 
@@ -69,52 +95,109 @@ _OBSERVER: contextvars.ContextVar[Callable[[torch.Tensor, torch.Tensor, int], No
 )
 
 
-def _wrap(original):
+def _wrap(original, name: str):
     signature = inspect.signature(original)
 
     @functools.wraps(original)
-    def apply_rotary_pos_emb_with_roae(q, k, cos, sin, *args, **kwargs):
-        q, k = original(q, k, cos, sin, *args, **kwargs)
-        if not _published:
-            return q, k
-        active, observer = _ACTIVE.get(), _OBSERVER.get()
+    def apply_rotary_with_roae(q, k, cos, sin, *args, **kwargs):
+        rotated_q, rotated_k = original(q, k, cos, sin, *args, **kwargs)
+        if not _published or _NESTED.get():
+            return rotated_q, rotated_k
+        active, observer, probe = _ACTIVE.get(), _OBSERVER.get(), _PROBE.get()
         modulate = active is not None and active.adapter.enabled
-        if not modulate and observer is None:
-            return q, k
-        heads_axis = 1  # the default of every transformers family: states are [batch, heads, seq, dim]
+        if not modulate and observer is None and probe is None:
+            return rotated_q, rotated_k
+        options = {}
         if args or kwargs:
-            bound = signature.bind(q, k, cos, sin, *args, **kwargs)
-            heads_axis = bound.arguments.get("unsqueeze_dim", 1)
+            bound = signature.bind(q, k, cos, sin, *args, **kwargs).arguments
+            options = {key: value for key, value in list(bound.items())[4:] if not isinstance(value, torch.Tensor)}
+        heads_axis = options.get("unsqueeze_dim", 1)  # every family's default: [batch, heads, seq, dim]
+        if probe is not None:
+            probe.append(RotaryCall(name, tuple(rotated_q.shape), tuple(rotated_k.shape), heads_axis, options))
+            raise _ProbeFinished
         if modulate:
             adapter = active.adapter
+            if adapter.rotary_function != name:
+                raise RuntimeError(
+                    f"RoAE layer {adapter.layer_index}: the block rotated with {name}, but its adapter was "
+                    f"measured on {adapter.rotary_function}; rebuild the RoSA model after changing the config."
+                )
             if "q" in adapter.heads:
-                q = adapter.modulate("q", q, active.hidden, heads_axis)
+                rotated_q = adapter.modulate("q", rotated_q, active.hidden, heads_axis)
             if "k" in adapter.heads:
-                k = adapter.modulate("k", k, active.hidden, heads_axis)
+                rotated_k = adapter.modulate("k", rotated_k, active.hidden, heads_axis)
             active.applied = True
         if observer is not None:
-            observer(q, k, heads_axis)
-        return q, k
+            observer(rotated_q, rotated_k, heads_axis)
+        return rotated_q, rotated_k
 
-    apply_rotary_pos_emb_with_roae.__rosa_original__ = original
-    return apply_rotary_pos_emb_with_roae
+    apply_rotary_with_roae.__rosa_original__ = original
+    return apply_rotary_with_roae
+
+
+def rotary_functions(attention: nn.Module) -> dict[str, Callable]:
+    """The rotary functions ``attention``'s forward calls, by name, unwrapped."""
+    cls = type(attention)
+    code = getattr(inspect.unwrap(cls.forward), "__code__", None)
+    module = sys.modules[cls.__module__]
+    names = [n for n in (code.co_names if code else ()) if n.startswith(ROTARY_FUNCTION_PREFIX)]
+    found = {n: getattr(module, n) for n in names if inspect.isfunction(getattr(module, n, None))}
+    return {n: getattr(f, "__rosa_original__", f) for n, f in found.items()}
+
+
+def check_rotary_signature(attention: nn.Module) -> None:
+    """Refuse rotary functions that do not say which state is the query and which the key."""
+    for name, function in rotary_functions(attention).items():
+        parameters = tuple(inspect.signature(function).parameters)
+        if parameters[:4] != ROTARY_SIGNATURE:
+            cls = type(attention)
+            raise UnsupportedModelError(
+                f"{cls.__name__} ({cls.__module__}) rotates with {name}{tuple(parameters)}, not with "
+                f"{name}{ROTARY_SIGNATURE}: it rotates the query and the key in separate calls (GPT-J, CodeGen) "
+                "or with complex frequencies (DeepSeek-V2), so RoAE cannot tell which state it is given. "
+                "RoAE does not support this family; DynamicLayerSelector alone works on a PEFT LoRA model."
+            )
 
 
 def install_rotary_wrapper(attention: nn.Module) -> None:
-    """Wrap ``apply_rotary_pos_emb`` in the modeling module of ``attention``'s class (idempotent)."""
-    cls = type(attention)
-    forward = inspect.unwrap(cls.forward)
-    module = sys.modules[cls.__module__]
-    function = getattr(module, ROTARY_FUNCTION, None)
-    if function is None or ROTARY_FUNCTION not in forward.__code__.co_names:
-        raise UnsupportedModelError(
-            f"{cls.__name__} ({cls.__module__}) does not apply RoPE through '{ROTARY_FUNCTION}', so RoAE "
-            "cannot reach its rotated query/key states. Supported: the transformers RoPE families that "
-            "rotate with apply_rotary_pos_emb (Llama, Mistral, Qwen2/3, Gemma/Gemma2, Phi/Phi3, OLMo2, "
-            "Granite, GPT-NeoX, ...)."
-        )
-    if not hasattr(function, "__rosa_original__"):
-        setattr(module, ROTARY_FUNCTION, _wrap(function))
+    """Wrap the rotary functions of ``attention``'s modeling module, and mark the modules nested in
+    ``attention`` that apply RoPE of their own, so only the block's own call is seen (idempotent)."""
+    check_rotary_signature(attention)
+    module = sys.modules[type(attention).__module__]
+    for name in rotary_functions(attention):
+        if not hasattr(getattr(module, name), "__rosa_original__"):
+            setattr(module, name, _wrap(getattr(module, name), name))
+    for nested in attention.modules():
+        if nested is not attention and rotary_functions(nested) and not hasattr(nested, "_rosa_nested_rotary"):
+            install_rotary_wrapper(nested)
+            tokens: list[contextvars.Token] = []
+            nested.register_forward_pre_hook(lambda _module, _args, tokens=tokens: tokens.append(_NESTED.set(True)))
+            nested.register_forward_hook(
+                lambda _module, _args, _output, tokens=tokens: _NESTED.reset(tokens.pop()) if tokens else None,
+                always_call=True,
+            )
+            nested._rosa_nested_rotary = True
+
+
+def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
+    """Run ``attention(**inputs)`` until it rotates q and k, and say how; ``None`` if it never does.
+
+    The block stops right after its rotary function, before any cache write or attention kernel;
+    a block that does not rotate (a NoPE layer) runs to its end.
+    """
+    install_rotary_wrapper(attention)
+    calls: list[RotaryCall] = []
+    token = _PROBE.set(calls)
+    _count_published(1)
+    try:
+        with torch.no_grad():
+            attention(**inputs)
+    except _ProbeFinished:
+        pass
+    finally:
+        _count_published(-1)
+        _PROBE.reset(token)
+    return calls[0] if calls else None
 
 
 def _hidden_states(args, kwargs) -> torch.Tensor:
@@ -172,7 +255,7 @@ def observe_rotary_states(model: nn.Module, callback: RotaryObserver) -> Iterato
     ``q`` and ``k`` are exactly what RoPE hands on to attention and the KV cache: rotated, and
     modulated when a RoAE adapter is attached (so a RoSAModel shows its adapted states; a PEFT LoRA
     on ``q_proj``/``k_proj`` is included too, since it acts before RoPE). They are the tensors the
-    modeling code passes through ``apply_rotary_pos_emb``: all head dimensions for most families, only
+    modeling code passes through its rotary function: all head dimensions for most families, only
     the rotated ones where the family splits the head before RoPE (Phi). ``heads_axis`` is the heads
     dimension (1: ``[batch, heads, seq, dim]``). Do not modify them in place.
 
@@ -180,11 +263,11 @@ def observe_rotary_states(model: nn.Module, callback: RotaryObserver) -> Iterato
     exceptions included) publish the block's observer; the module-level rotary wrapper they rely on
     is RoAE's and stays installed, a no-op when nothing is published. Outputs are unchanged.
     """
-    # Imported here because inject imports this module.
-    from rosa.roae.inject import find_attention, rope_layers
+    # Imported here because the probe imports this module.
+    from rosa.roae.probe import find_attention, rotary_geometry
 
     stack = find_decoder_stack(model)
-    layers = rope_layers(model)
+    layers = sorted(rotary_geometry(model).layers)
     handles = []
     try:
         for index in layers:

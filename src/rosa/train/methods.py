@@ -45,8 +45,8 @@ def apply_method(base: nn.Module, config: ExperimentConfig, *, pissa_init: bool 
 def meta_model(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
     """The model's architecture on the meta device: no memory and no weights, any size.
 
-    Rotary frequencies are computed from the config, so those buffers are rebuilt on the CPU to
-    carry real values (RoAE chooses its dimensions from them).
+    Rotary frequencies are computed from the config, so the rotary embeddings are rebuilt on the
+    CPU to carry real values (RoAE measures its dimensions from them).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -56,9 +56,10 @@ def meta_model(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
     model_config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
-    for module in base.modules():
-        if isinstance(getattr(module, "inv_freq", None), torch.Tensor):
-            module.register_buffer("inv_freq", type(module)(module.config).inv_freq, persistent=False)
+    for name, module in list(base.named_modules()):
+        if any(b.is_meta and (n == "inv_freq" or n.endswith("_inv_freq")) for n, b in module.named_buffers(recurse=False)):
+            parent, _, child = name.rpartition(".")
+            base.get_submodule(parent).register_module(child, type(module)(module.config))
     return base
 
 
