@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import HANG_GUARD
 from rosa.cli import main
 from rosa.compare import (
     check_paired,
@@ -301,7 +302,7 @@ def test_cli_writes_the_tables_and_tests_against_the_reference(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "rosa.cli", "compare", str(lora), str(rosa), str(base), "--ref", str(lora),
          "--labels", "LoRA,RoSA,base", "--resamples", "500", "--output", str(out)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG_GUARD,
     )
     assert result.returncode == 0, result.stderr
     assert "| RoSA | rosa | 83.33 | 100.00 | 91.67 | 85.19 | 27 | 1,234,567 | 12.3 | 4 |" in result.stdout
@@ -349,3 +350,41 @@ def test_cli_refuses_an_output_path_that_is_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("")
     assert compare(lora, rosa, "--output", tmp_path / "taken") == 2
     assert "is a file; give a directory path" in capsys.readouterr().err
+
+
+# --- evaluation protocol ----------------------------------------------------------------------------
+
+
+def test_cli_refuses_to_pair_a_greedy_run_with_a_beam4_run_naming_both_and_the_fix(tmp_path, capsys):
+    beam_answers, greedy_answers = pairs(2, 10, both=8)
+    beam = write_run(tmp_path, "beam", {"boolq": beam_answers})
+    greedy = write_run(tmp_path, "greedy", {"boolq": greedy_answers}, decodings=("greedy",))
+    out = tmp_path / "out"
+    assert compare(greedy, beam, "--ref", beam, "--output", out) == 2
+    assert capsys.readouterr().err == (
+        "rosa compare: error: cannot pair greedy (greedy decoding) with beam (beam4 decoding): they were evaluated "
+        "with different settings (decoding: greedy vs beam4), so McNemar and the paired bootstrap would compare "
+        "answers produced under different protocols. Evaluate both with the same --decoding (`rosa eval RUN "
+        "--decoding beam4`) and compare those evaluations, or drop --ref to only tabulate them.\n"
+    )
+    assert not out.exists()
+    assert compare(greedy, beam) == 0, "a table without paired tests is still allowed"
+
+
+def test_check_paired_refuses_another_generation_length_and_accepts_the_same_protocol(tmp_path):
+    answers = {"boolq": [True, False, True]}
+    settings = {"decoding": "beam4", "max_new_tokens": {"commonsense": 32, "math": 256}, "prompt": "llm-adapters evaluation template"}
+    for name, tokens in (("a", 32), ("b", 32), ("c", 64)):
+        write_eval(tmp_path / name, answers)
+        config = {**settings, "max_new_tokens": {"commonsense": tokens, "math": 256}, "identity": {"model": name}}
+        (tmp_path / name / "eval_config.json").write_text(json.dumps(config))
+    a, b, c = (load_result(tmp_path / name) for name in "abc")
+    assert a.settings == settings and "identity" not in a.settings
+    check_paired(a, b)  # other identities (models) are what a comparison is for
+    with pytest.raises(RoSAError) as refused:
+        check_paired(a, c)
+    assert str(refused.value).startswith(
+        "cannot pair c (beam4 decoding) with a (beam4 decoding): they were evaluated with different settings "
+        "(max_new_tokens: {'commonsense': 64, 'math': 256} vs {'commonsense': 32, 'math': 256})"
+    )
+    assert "Evaluate both with the same settings (the same rosa version and --decoding)" in str(refused.value)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import DATA, REPO, STORIES, require
-from processes import ENV
+from processes import ENV, HANG_GUARD
 
 WORKER = str(REPO / "tests" / "distributed_worker.py")
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
@@ -34,9 +34,12 @@ def free_port() -> int:
 def launch(tmp_path, name, processes, *extra):
     record = tmp_path / f"{name}-record"
     record.mkdir()
-    command = [*LAUNCH, "--main_process_port", str(free_port()), "--num_processes", str(processes), WORKER] if processes > 1 else [sys.executable, WORKER]
-    done = subprocess.run([*command, *TRAIN, "--output-dir", str(tmp_path / name), *extra], env={**ENV, "ROSA_TEST_RECORD": str(record)},
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    for _ in range(3):  # the free port may be taken before the rendezvous binds it (another test run beside this one)
+        command = [*LAUNCH, "--main_process_port", str(free_port()), "--num_processes", str(processes), WORKER] if processes > 1 else [sys.executable, WORKER]
+        done = subprocess.run([*command, *TRAIN, "--output-dir", str(tmp_path / name), *extra], env={**ENV, "ROSA_TEST_RECORD": str(record)},
+                              cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD)
+        if "address already in use" not in done.stderr.lower():
+            break
     return done, record
 
 

@@ -7,15 +7,21 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
 from conftest import DATA, STORIES, require
+from processes import HANG_GUARD
 from rosa.cli import main as rosa_main
+from rosa.eval.targets import adapter_fingerprint
 
 TASKS = ["boolq", "piqa", "gsm8k", "AddSub"]
 LIMIT = 3
 
 
 def rosa(*args, cwd=None):
-    result = subprocess.run([sys.executable, "-m", "rosa.cli", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd)
+    result = subprocess.run([sys.executable, "-m", "rosa.cli", *map(str, args)], capture_output=True, text=True, timeout=HANG_GUARD, cwd=cwd)
     return result
 
 
@@ -41,7 +47,7 @@ def test_train_then_eval_from_the_command_line_writes_every_file_with_the_right_
         assert metrics["tasks"][task] == {"correct": correct, "total": LIMIT, "accuracy": correct / LIMIT}
     table = (out / "results.md").read_text()
     assert table in evaluated.stdout and all(f"| {task} | {LIMIT} |" in table for task in TASKS)
-    assert json.loads((out / "eval_config.json").read_text())["identity"]["adapter"] == str((run / "adapter").resolve())
+    assert json.loads((out / "eval_config.json").read_text())["identity"]["adapter"] == adapter_fingerprint(run / "adapter")
 
 
 def test_eval_runs_on_a_base_model_alone_and_on_a_peft_adapter(tmp_path, capsys):
@@ -88,3 +94,81 @@ def test_data_verify_passes_on_the_shared_data_and_fails_on_a_tampered_copy(tmp_
         handle.write(b"X")
     assert rosa_main(["data", "verify", "--data-dir", str(copy)]) == 1
     assert "mismatch  eval/boolq/test.json" in capsys.readouterr().out
+
+
+# --- a moved run directory continues its own evaluation -------------------------------------------
+
+EVAL = ["--tasks", "boolq,piqa", "--decoding", "greedy", "--batch-size", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert rosa_main(["train", "--model", str(require(STORIES)), "--data", "commonsense_mix", "--data-dir", str(require(DATA)),
+                      "--output-dir", str(run), "--max-steps", "2", "--max-samples", "16", "--batch-size", "4",
+                      "--set", "training.cutoff_len=64"]) == 0
+    return run
+
+
+@pytest.fixture
+def trained(tmp_path, finished_run):
+    """A finished run directory of this test's own, not evaluated yet."""
+    return shutil.copytree(finished_run, tmp_path / "old" / "run")
+
+
+@pytest.fixture
+def generated(monkeypatch):
+    """The number of prompts each evaluation generates answers for."""
+    import rosa.eval.runner
+
+    counts, original = [], rosa.eval.runner.generate_responses
+    monkeypatch.setattr(rosa.eval.runner, "generate_responses", lambda model, tokenizer, prompts, config: counts.append(len(prompts)) or original(model, tokenizer, prompts, config))
+    return counts
+
+
+def predictions(eval_dir):
+    return [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_a_moved_run_directory_extends_its_evaluation_instead_of_refusing_or_restarting(tmp_path, trained, generated):
+    assert rosa_main(["eval", str(trained), *EVAL, "--limit", "2"]) == 0
+    first = predictions(trained / "eval" / "greedy")
+    config = (trained / "eval" / "greedy" / "eval_config.json").read_text()
+    moved = tmp_path / "new" / "place"
+    moved.parent.mkdir()
+    shutil.move(trained, moved)
+    generated.clear()
+
+    assert rosa_main(["eval", str(moved), *EVAL, "--limit", "4"]) == 0
+    assert sum(generated) == 4, "only items 2 and 3 of each task are generated"
+    out = moved / "eval" / "greedy"
+    assert (out / "eval_config.json").read_text() == config
+    extended = predictions(out)
+    assert [(p["task"], p["index"]) for p in extended] == [(t, i) for t in ("boolq", "piqa") for i in range(4)]
+    assert [p for p in extended if p["index"] < 2] == first
+    assert json.loads((out / "metrics.json").read_text())["items"] == 8
+
+    copy = shutil.copytree(moved, tmp_path / "copy")  # a copy continues too: nothing left to generate
+    generated.clear()
+    assert rosa_main(["eval", str(copy), *EVAL, "--limit", "4"]) == 0
+    assert generated == [] and predictions(copy / "eval" / "greedy") == extended
+
+
+def test_an_evaluation_recorded_with_an_absolute_adapter_path_continues_and_another_adapter_is_refused(tmp_path, trained, generated, capsys):
+    assert rosa_main(["eval", str(trained), *EVAL, "--limit", "2"]) == 0
+    config_file = trained / "eval" / "greedy" / "eval_config.json"
+    settings = json.loads(config_file.read_text())
+    fingerprint = settings["identity"]["adapter"]
+    assert fingerprint == adapter_fingerprint(trained / "adapter") and fingerprint.startswith("sha256:") and len(fingerprint) == 71
+    # as rosa recorded it before identities were portable
+    config_file.write_text(json.dumps({**settings, "identity": {**settings["identity"], "adapter": str((trained / "adapter").resolve())}}))
+    generated.clear()
+    assert rosa_main(["eval", str(trained), *EVAL, "--limit", "3"]) == 0
+    assert sum(generated) == 2 and json.loads(config_file.read_text()) == settings
+
+    other = shutil.copytree(trained / "adapter", tmp_path / "other-adapter")
+    weights = load_file(other / "adapter_model.safetensors")
+    save_file({name: tensor + 1 for name, tensor in weights.items()}, other / "adapter_model.safetensors", metadata={"format": "rosa-roae"})
+    capsys.readouterr()
+    assert rosa_main(["eval", "--model", str(STORIES), "--adapter", str(other), "--output", str(config_file.parent), *EVAL, "--limit", "3"]) == 2
+    assert "holds predictions made with other settings (identity differ" in capsys.readouterr().err

@@ -47,33 +47,41 @@ def assert_same_result(run_dir, reference):
     assert summary["train_loss"] == expected["train_loss"]  # from the log, which covers every step in both
 
 
+MICRO_BATCHES = 2  # per optimizer step: --batch-size 4 / --micro-batch-size 2
+
+
 def test_a_run_killed_mid_training_resumes_to_a_bit_identical_adapter_and_dls_history(tmp_path, reference):
     run_dir = tmp_path / "run"
-    child = processes.start([*TRAIN, "--output-dir", str(run_dir)], slow=("rosa.train.trainer.RoSATrainer:training_step", 0.1, ""))
-    processes.kill_when(child, processes.exists(run_dir / "checkpoint-6"))
+    # held between the two micro-batches of step 7, whatever the machine's speed: checkpoint-6 is the newest
+    mid_step_7 = processes.Hold("rosa.train.trainer.RoSATrainer:training_step", call=6 * MICRO_BATCHES + 2)
+    child = processes.start([*TRAIN, "--output-dir", str(run_dir)], hold=mid_step_7)
+    processes.kill_when(child, processes.held(child))
     assert not (run_dir / "run.json").exists() and not (run_dir / "adapter").exists()
-    assert not (run_dir / f"checkpoint-{STEPS}").exists(), "the kill landed mid-run"
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]  # every 3 steps, kept
 
     resumed = processes.run(["train", "--resume", str(run_dir)])
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
+    assert f"resuming from {run_dir / 'checkpoint-6'}" in resumed.stdout
     assert_same_result(run_dir, reference)
-    assert json.loads((run_dir / "run.json").read_text())["resumed_from_step"] >= 6
+    assert json.loads((run_dir / "run.json").read_text())["resumed_from_step"] == 6
 
 
-# (function to hold up, which call, what exists while it hangs, what must not exist yet)
+# (where the child is held: once the first such write has returned, what exists then, what must not exist yet)
 SAVES = {
-    "checkpoint": ("torch.save", "checkpoint-6", ".checkpoint-6.partial/checkpoint-6/optimizer.pt", "checkpoint-6"),
-    "final adapter": ("rosa.model.save_adapter", ".adapter.partial", ".adapter.partial/adapter_model.safetensors", "adapter"),
+    "checkpoint": (processes.Hold("torch.save", needle=".checkpoint-6.partial", after=True),
+                   ".checkpoint-6.partial/checkpoint-6/optimizer.pt", "checkpoint-6"),
+    "final adapter": (processes.Hold("rosa.model.save_adapter", needle=".adapter.partial", after=True),
+                      ".adapter.partial/adapter_model.safetensors", "adapter"),
 }
 
 
 @pytest.mark.parametrize("where", SAVES)
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_complete_and_the_run_resumable(tmp_path, reference, where):
-    function, needle, hanging, absent = SAVES[where]
+    hold, written, absent = SAVES[where]
     run_dir = tmp_path / "run"
-    child = processes.start([*TRAIN, "--output-dir", str(run_dir)], slow=(function, 600, needle))
-    processes.kill_when(child, processes.exists(run_dir / hanging))
+    child = processes.start([*TRAIN, "--output-dir", str(run_dir)], hold=hold)
+    processes.kill_when(child, processes.held(child))
+    assert (run_dir / written).is_file(), "the kill landed inside the save"
     assert not (run_dir / absent).exists() and not (run_dir / "run.json").exists()
 
     newest = sorted((p for p in run_dir.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))[-1]
@@ -94,10 +102,11 @@ def test_an_evaluation_killed_mid_run_resumes_without_lost_or_duplicated_items(t
     assert whole.returncode == 0, whole.stderr
 
     predictions = tmp_path / "killed" / "predictions.jsonl"
+    # held as it starts the 4th batch of one item: exactly 3 predictions are on disk, on any machine
     child = processes.start([*evaluate, "--output", str(tmp_path / "killed"), "--no-progress"],
-                            slow=("rosa.eval.runner.generate_responses", 0.3, ""))
-    processes.kill_when(child, processes.has_lines(predictions, 3))
-    assert 3 <= predictions.read_text().count("\n") < 10 and not (tmp_path / "killed" / "metrics.json").exists()
+                            hold=processes.Hold("rosa.eval.runner.generate_responses", call=4))
+    processes.kill_when(child, processes.held(child))
+    assert predictions.read_text().count("\n") == 3 and not (tmp_path / "killed" / "metrics.json").exists()
 
     resumed = processes.run([*evaluate, "--output", str(tmp_path / "killed"), "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr

@@ -133,6 +133,19 @@ def test_bad_grids_exit_2_and_create_nothing(tmp_path, capsys):
         assert not target.exists()
 
 
+def test_a_task_file_that_cannot_be_evaluated_is_refused_before_any_point_trains(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "eval" / "boolq").mkdir(parents=True)
+    (data / "eval" / "boolq" / "test.json").write_text("[]")
+    (data / "train").symlink_to(require(DATA) / "train")
+    target = tmp_path / "grid"
+    args = sweep_args(target)
+    args[args.index("--data-dir") + 1] = str(data)
+    assert rosa_main(args) == 2
+    assert "cannot evaluate boolq" in capsys.readouterr().err
+    assert not target.exists()
+
+
 def test_summary_statistics_and_plots_from_known_rows():
     rows = [
         {"run": "a", "dls.k_ratio": 0.5, "seed": 1, "micro": 10.0, "macro": 20.0, "trainable_params": 100, "train_time_s": 1.0, "train_loss": 2.0},

@@ -85,6 +85,12 @@ class RoSAConfig(_ConfigMixin):
             raise RoSAConfigError(
                 f"layers must be None (all layers) or non-negative layer indices, got {self.layers!r}."
             )
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            repeated = sorted({i for i in self.layers if self.layers.count(i) > 1})
+            raise RoSAConfigError(
+                f"layers has duplicates: {list(self.layers)} names layer(s) {repeated} more than once; list each "
+                f"layer once, e.g. layers={sorted(set(self.layers))}."
+            )
 
     def n_low_pairs(self, n_pairs: int) -> int:
         return max(1, round_half_up(self.r_low * n_pairs))

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from rosa.errors import AdapterLoadError
+from rosa.interrupt import LOADING_MODEL, during
 from rosa.serialization import CONFIG_NAME, FORMAT, WEIGHTS_NAME
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -36,6 +37,7 @@ def check_model_path(name_or_path: str) -> None:
         raise FileNotFoundError(f"model directory '{name_or_path}' does not exist; pass a local model directory or a hub id.")
 
 
+@during(LOADING_MODEL)
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer with a pad token that is never a real word, padding on the right.
 
@@ -54,6 +56,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
+@during(LOADING_MODEL)
 def load_base_model(
     name_or_path: str, *, precision: str = "auto", device: torch.device | None = None, trust_remote_code: bool = False
 ) -> torch.nn.Module:
@@ -83,6 +86,7 @@ def adapter_kind(path: str | os.PathLike) -> str:
     raise AdapterLoadError(f"{config_file} is neither a RoSA nor a PEFT adapter config.")
 
 
+@during(LOADING_MODEL)
 def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> torch.nn.Module:
     """Put a saved RoSA or PEFT adapter on ``base_model``; PEFT adapters only from safetensors."""
     if adapter_kind(path) == "rosa":
@@ -99,6 +103,7 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike, is_traina
     return PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable)
 
 
+@during(LOADING_MODEL)
 def load_for_inference(name_or_path: str, adapter: str | os.PathLike | None = None, precision: str = "auto",
                        trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
     """Tokenizer and model (with its adapter, if any) as ``rosa eval`` and ``rosa analyze`` use them."""

@@ -29,12 +29,33 @@ FORMAT = "rosa-roae"
 FORMAT_VERSION = 1
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``os.umask`` can only
+    be read by setting it, which would briefly apply another mask to files other threads create)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename, so a kill never leaves half a file."""
+    """Write to a temporary file beside ``path`` and rename, so a kill never leaves half a file.
+
+    The file gets the mode a plain ``open(path, "w")`` would give a new file (0666 less the umask);
+    ``mkstemp`` alone would make every file private to its owner (0600), unreadable to a team sharing
+    the run directory.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -88,10 +109,11 @@ def publish_directory(staged: Path, final: Path) -> None:
 @contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """Write a directory all or nothing: fill the yielded hidden sibling, which replaces ``final`` on
-    success and is removed on any error, leaving ``final`` as it was."""
+    success and is removed on any error, leaving ``final`` as it was. Like the files written into it,
+    the directory gets the mode the umask allows (0777 less the umask), not a private temporary one."""
     staged = final.with_name(f".{final.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir(parents=True)
+    staged.mkdir(mode=0o777, parents=True)
     try:
         yield staged
     except BaseException:

@@ -33,7 +33,8 @@ def add_parser(commands, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from rosa.errors import RoSAError
     from rosa.eval.runner import RESULTS_FILE
-    from rosa.eval.targets import evaluate_target, run_eval_dir, run_target
+    from rosa.eval.targets import evaluate_target, run_target
+    from rosa.locking import directory_lock
     from rosa.serialization import check_writable
 
     model_name, adapter, output, data_dir = args.model, args.adapter, args.output, args.data_dir
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         if model_name or adapter:
             raise RoSAError("give either a run directory or --model/--adapter, not both.")
         model_name, adapter, run_data_dir, run_precision = run_target(Path(args.run_dir))
-        output = output or str(run_eval_dir(args.run_dir, args.decoding))
+        output = str(_output(args))
         data_dir = data_dir or run_data_dir
         precision = args.precision or run_precision
     elif not model_name or not output:
@@ -50,13 +51,40 @@ def run(args: argparse.Namespace) -> int:
         precision = args.precision or "auto"
 
     check_writable(Path(output), "--output")
-    metrics = evaluate_target(
-        model_name, adapter, output, args.tasks, data_dir=data_dir, decoding=args.decoding,
-        batch_size=args.batch_size, limit=args.limit, precision=precision,
-        trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
-    )
+    with directory_lock(output, "evaluation directory", "wait for it to finish (the same command then continues "
+                        "from its predictions), or choose another --output."):
+        metrics = evaluate_target(
+            model_name, adapter, output, args.tasks, data_dir=data_dir, decoding=args.decoding,
+            batch_size=args.batch_size, limit=args.limit, precision=precision,
+            trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+        )
     print((Path(output) / RESULTS_FILE).read_text())
     for task, reason in metrics["missing"].items():
         print(f"missing: {task} was not evaluated: {reason}")
     print(f"predictions, metrics.json and results.md are in {output}")
     return 0
+
+
+def _output(args: argparse.Namespace) -> Path | None:
+    """The evaluation directory: ``--output``, else the run's ``eval/<decoding>``."""
+    from rosa.eval.targets import run_eval_dir
+
+    if args.output:
+        return Path(args.output)
+    return run_eval_dir(args.run_dir, args.decoding) if args.run_dir else None
+
+
+def interrupted(args: argparse.Namespace, phase: str | None) -> str:
+    """Ctrl-C: the predictions appended so far stay, and the same command continues after them."""
+    from rosa.eval.runner import PREDICTIONS_FILE
+    from rosa.interrupt import LOADING_MODEL
+
+    output = _output(args)
+    predictions = output / PREDICTIONS_FILE if output is not None else None
+    if phase == LOADING_MODEL:
+        return "while loading the model; nothing was written. Rerun the same command."
+    done = predictions.read_bytes().count(b"\n") if predictions is not None and predictions.is_file() else 0
+    if done == 0:
+        return "before any prediction was made. Rerun the same command."
+    kept = "the 1 prediction made so far is kept" if done == 1 else f"the {done} predictions made so far are kept"
+    return f"; {kept} in {predictions}. Rerun the same command to continue with the missing items."

@@ -38,6 +38,8 @@ def add_parser(commands, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rosa.errors import RoSAError
+    from rosa.locking import directory_lock
+    from rosa.serialization import check_writable
     from rosa.sweep import EvalSettings, parse_axis, plan_sweep, run_points, write_report
     from rosa.sweep.runner import PLAN_FILE
     from rosa.train.config import load_config_data
@@ -47,9 +49,14 @@ def run(args: argparse.Namespace) -> int:
     evaluation = EvalSettings(tasks=args.tasks, decoding=args.decoding, limit=args.limit, batch_size=args.eval_batch_size)
     if args.report_only and not (Path(args.output_dir) / PLAN_FILE).is_file():
         raise RoSAError(f"{args.output_dir} holds no sweep ({PLAN_FILE} missing); check --output-dir.")
-    sweep = plan_sweep(args.output_dir, base, args.preset, [parse_axis(text) for text in args.grid], evaluation)
-    failed = [] if args.report_only else run_points(sweep, progress=not args.no_progress, shard=shard)
-    written = write_report(sweep)
+    check_writable(Path(args.output_dir), "--output-dir")
+    # shards (and reports) share the directory; a whole sweep has it to itself
+    with directory_lock(args.output_dir, "sweep directory", "wait for it to finish, or choose another --output-dir (several "
+                        "processes share one sweep only as --shard I/N, once it has been claimed).",
+                        shared=args.report_only or shard != (0, 1)):
+        sweep = plan_sweep(args.output_dir, base, args.preset, [parse_axis(text) for text in args.grid], evaluation)
+        failed = [] if args.report_only else run_points(sweep, progress=not args.no_progress, shard=shard)
+        written = write_report(sweep)
     print((sweep.directory / "results.md").read_text())
     print("written: " + ", ".join(str(path) for path in written.values()))
     if failed:
@@ -65,3 +72,22 @@ def _shard(text: str) -> tuple[int, int]:
     if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
         raise RoSAConfigError(f"--shard expects I/N with 0 <= I < N (e.g. 0/2 and 1/2 for two processes), got {text!r}.")
     return int(index), int(count)
+
+
+def interrupted(args: argparse.Namespace, phase: str | None) -> str:
+    """Ctrl-C: finished points (trained and evaluated) stay; the same command runs the others, resuming
+    the interrupted one from its last checkpoint or its saved predictions."""
+    from rosa.eval.runner import METRICS_FILE
+    from rosa.eval.targets import run_eval_dir
+    from rosa.serialization import read_json_object
+    from rosa.sweep.runner import PLAN_FILE, RUNS_DIR
+
+    directory = Path(args.output_dir)
+    if not (directory / PLAN_FILE).is_file():
+        return "before anything was written. Rerun the same command."
+    points = read_json_object(directory / PLAN_FILE)["points"]
+    finished = sum((run_eval_dir(directory / RUNS_DIR / name, args.decoding) / METRICS_FILE).is_file() for name in points)
+    return (
+        f"; {finished} of {len(points)} points are finished (trained and evaluated) and kept in {directory}. Rerun the "
+        "same command to continue: finished points are skipped, an interrupted one resumes."
+    )

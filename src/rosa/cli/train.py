@@ -95,6 +95,27 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
         summary = train(config, overwrite=args.overwrite)
     if summary:
-        print(f"trained {summary['steps']} steps in {summary['train_runtime_s']:.1f} s, mean loss {summary['train_loss']:.4f}")
+        loss = "no loss logged" if summary["train_loss"] is None else f"mean loss {summary['train_loss']:.4f}"
+        print(f"trained {summary['steps']} steps in {summary['train_runtime_s']:.1f} s, {loss}")
         print(f"adapter saved in {config.output_dir}/adapter; evaluate with: rosa eval {config.output_dir}")
     return 0
+
+
+def interrupted(args: argparse.Namespace, phase: str | None) -> str:
+    """Ctrl-C: published checkpoints are complete (each appears by one rename), so the newest one is
+    what ``--resume`` continues from."""
+    from rosa.interrupt import LOADING_MODEL
+    from rosa.train.config import load_config
+    from rosa.train.run_dir import CONFIG_FILE, RUN_SUMMARY, checkpoints
+
+    if phase == LOADING_MODEL and args.resume is None:  # the run directory is not touched before the model is built
+        return "while loading the model; nothing was written. Rerun the same command."
+    run_dir = Path(args.resume or args.output_dir or load_config(args.config, config_overrides(args)).output_dir)
+    resume = f"`rosa train --resume {run_dir}`"
+    if (run_dir / RUN_SUMMARY).is_file():
+        return f"after the run finished; {run_dir} is complete. Evaluate it with `rosa eval {run_dir}`."
+    if run_dir.is_dir() and checkpoints(run_dir):
+        return f"; the newest complete checkpoint, {checkpoints(run_dir)[-1].name}, is kept in {run_dir}. Continue with {resume}."
+    if (run_dir / CONFIG_FILE).is_file():
+        return f"before the first checkpoint; {run_dir} keeps the run's {CONFIG_FILE}, so {resume} starts it again from step 0."
+    return "before anything was written. Rerun the same command."

@@ -8,7 +8,7 @@ compare numbers that no reported accuracy contains.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class EvalResult:
     metrics: dict
     predictions: dict
     run: dict | None
+    settings: dict = field(default_factory=dict)  # eval_config.json without the identity: how the items were decoded
 
     @property
     def method(self) -> str | None:
@@ -59,7 +60,9 @@ def load_result(path: str | Path, decoding: str | None = None, label: str | None
     run = read_json_object(run_dir / RUN_SUMMARY) if run_dir and (run_dir / RUN_SUMMARY).is_file() else None
     predictions = _counted_predictions(eval_dir, metrics)
     named = run_dir if run is not None or eval_dir != path else eval_dir
-    return EvalResult(label or named.resolve().name, eval_dir, metrics, predictions, run)
+    settings = read_json_object(eval_dir / CONFIG_FILE) if (eval_dir / CONFIG_FILE).is_file() else {}
+    settings.pop("identity", None)
+    return EvalResult(label or named.resolve().name, eval_dir, metrics, predictions, run, settings)
 
 
 def _is_eval_dir(path: Path) -> bool:

@@ -94,13 +94,43 @@ def _paired_arrays(ref: Sequence[bool], other: Sequence[bool]) -> tuple[np.ndarr
     return np.asarray(ref, dtype=bool), np.asarray(other, dtype=bool)
 
 
+# the evaluation settings that decide what an answer is (eval_config.json); runs that differ in one
+# answered each item under another protocol, so their per-item agreement says nothing about the models
+PROTOCOL_FIELDS = ("decoding", "max_new_tokens", "prompt")
+
+
 def check_paired(ref: EvalResult, other: EvalResult) -> None:
-    """Refuse runs whose items differ: a paired test on unmatched items would be meaningless."""
+    """Refuse runs evaluated under another protocol (a greedy run against a beam4 one), or whose items
+    differ: a paired test on answers that are not comparable item by item would be meaningless."""
+    _check_protocol(ref, other)
     problems = [p for task in ordered_tasks([ref, other]) if (p := _task_mismatch(task, ref, other))]
     if problems:
         raise RoSAError(
             f"cannot pair {other.label} with {ref.label}: the evaluated items differ ({'; '.join(problems)}). "
             "Both runs must be evaluated with the same --tasks, --limit and data."
+        )
+
+
+def protocol(result: EvalResult) -> dict[str, Any]:
+    """The protocol fields an evaluation recorded (the decoding always, from metrics.json if need be)."""
+    found = {name: result.settings[name] for name in PROTOCOL_FIELDS if name in result.settings}
+    if result.decoding is not None:
+        found["decoding"] = result.decoding
+    return found
+
+
+def _check_protocol(ref: EvalResult, other: EvalResult) -> None:
+    ref_protocol, other_protocol = protocol(ref), protocol(other)
+    differ = [name for name in PROTOCOL_FIELDS if name in ref_protocol and name in other_protocol and ref_protocol[name] != other_protocol[name]]
+    if differ:
+        details = "; ".join(f"{name}: {other_protocol[name]} vs {ref_protocol[name]}" for name in differ)
+        same = (f"the same --decoding (`rosa eval RUN --decoding {ref.decoding}`)" if differ == ["decoding"]
+                else "the same settings (the same rosa version and --decoding)")
+        raise RoSAError(
+            f"cannot pair {other.label} ({other.decoding} decoding) with {ref.label} ({ref.decoding} decoding): they "
+            f"were evaluated with different settings ({details}), so McNemar and the paired bootstrap would compare "
+            f"answers produced under different protocols. Evaluate both with {same} and compare those "
+            "evaluations, or drop --ref to only tabulate them."
         )
 
 

@@ -2,14 +2,18 @@
 
 ``rosa eval`` and ``rosa sweep`` both evaluate through :func:`evaluate_target`, so a run evaluated by
 a sweep and one evaluated by hand carry the same identity and can resume each other's predictions.
+The identity names the adapter by the SHA-256 of its files, not by where it lies, so a run directory
+that is moved or copied still continues (or extends) its own evaluation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
-from rosa.errors import RoSAError
+from rosa.errors import DataError, RoSAError
 
 EVAL_SUBDIR = "eval"
 
@@ -48,14 +52,76 @@ def evaluate_target(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load the model (and adapter) and evaluate it into ``output``; returns the metrics."""
-    from rosa.data.catalog import expand_tasks
     from rosa.eval.runner import evaluate
     from rosa.loading import load_for_inference
 
-    expand_tasks(tasks)  # a misspelt task fails here, before the model is loaded
+    check_tasks(tasks, data_dir)  # a misspelt, missing or empty task fails here, before the model is loaded
     model, tokenizer = load_for_inference(model_name, adapter, precision, trust_remote_code)
-    identity = {"model": model_name, "adapter": str(Path(adapter).resolve()) if adapter else None, "precision": precision}
+    identity = {"model": model_name, "adapter": adapter_fingerprint(adapter) if adapter else None, "precision": precision}
+    _upgrade_identity(Path(output), identity, adapter)
     return evaluate(
         model, tokenizer, output, tasks, data_dir=data_dir, decoding=decoding,
         batch_size=batch_size, limit=limit, identity=identity, progress=progress,
     )
+
+
+def adapter_fingerprint(adapter: str | Path) -> str:
+    """``sha256:<hex>`` of an adapter's config and weights: the same adapter wherever its directory is,
+    and another adapter (other weights or settings) is another fingerprint."""
+    from rosa.serialization import CONFIG_NAME, WEIGHTS_NAME
+
+    digest = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        part = hashlib.sha256()
+        with open(Path(adapter) / name, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                part.update(chunk)
+        digest.update(f"{name}:{part.hexdigest()}\n".encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _upgrade_identity(output: Path, identity: dict[str, Any], adapter: str | None) -> None:
+    """An evaluation started by an older rosa stored the adapter's absolute path; when that path is
+    this adapter and nothing else differs, record the fingerprint instead so the evaluation continues."""
+    from rosa.eval.runner import CONFIG_FILE
+    from rosa.serialization import atomic_write_json
+
+    config_file = output / CONFIG_FILE
+    if adapter is None or not config_file.is_file():
+        return
+    settings = json.loads(config_file.read_text())
+    previous = settings.get("identity")
+    if not isinstance(previous, dict) or previous.get("adapter") != str(Path(adapter).resolve()):
+        return
+    if {**previous, "adapter": identity["adapter"]} == json.loads(json.dumps(identity)):
+        atomic_write_json(config_file, {**settings, "identity": identity})
+
+
+def check_tasks(tasks: str, data_dir: str | Path | None = None) -> list[str]:
+    """The requested tasks, refused when nothing would be evaluated: every task's file is missing, or a
+    task's file is there but holds no usable records (``[]``, not JSON, ...). A task whose file is
+    missing while others are there is only reported as missing by the evaluation."""
+    from rosa.data import expand_tasks, load_records, task_file
+
+    names = expand_tasks(tasks)
+    missing: dict[str, list[str]] = {}
+    for task in names:
+        try:
+            path = task_file(task, data_dir)
+        except DataError as err:
+            missing.setdefault(str(err), []).append(task)
+            continue
+        try:
+            load_records(path)
+        except DataError as err:
+            raise DataError(
+                f"cannot evaluate {task}: {err} Restore {path} (`rosa data verify` checks it against the published "
+                f"SHA-256), or leave {task} out of --tasks."
+            ) from err
+    if len(names) == sum(len(group) for group in missing.values()):
+        reasons = "; ".join(f"{', '.join(group)}: {reason.rstrip('.')}" for reason, group in missing.items())
+        raise DataError(
+            f"nothing to evaluate: no requested task has its test file ({reasons}). Pass --data-dir with the task "
+            "files, or choose --tasks whose files are there."
+        )
+    return names

@@ -18,7 +18,8 @@ from typing import Any
 
 from rosa.errors import RoSAError
 from rosa.eval.runner import METRICS_FILE
-from rosa.eval.targets import evaluate_target, run_eval_dir, run_target
+from rosa.eval.targets import check_tasks, evaluate_target, run_eval_dir, run_target
+from rosa.locking import directory_lock
 from rosa.serialization import atomic_write_json, check_writable
 from rosa.sweep.plan import Axis, Point, axes_of, expand
 from rosa.train.recipe import train
@@ -53,6 +54,8 @@ def plan_sweep(directory: str | Path, base: dict[str, Any], preset: str | None, 
     directory = Path(directory)
     fixed, axes = axes_of(preset, grid)
     points = expand(base, fixed, axes, runs_dir=str(directory / RUNS_DIR))
+    for data_dir in dict.fromkeys(point.config.data_dir for point in points):  # before any point trains
+        check_tasks(evaluation.tasks, data_dir)
     check_writable(directory, "--output-dir")
     plan = {
         "base": base,
@@ -100,11 +103,12 @@ def _run_point(sweep: Sweep, point: Point, log, progress: bool) -> None:
         return
     model, adapter, data_dir, precision = run_target(run_dir)
     e = sweep.evaluation
-    evaluate_target(
-        model, adapter, eval_dir, e.tasks, data_dir=data_dir, decoding=e.decoding, batch_size=e.batch_size,
-        limit=e.limit, precision=precision, trust_remote_code=point.config.trust_remote_code,
-        progress=progress,
-    )
+    with directory_lock(eval_dir, "evaluation directory", "wait for it to finish; rerunning the sweep then skips or continues it."):
+        evaluate_target(
+            model, adapter, eval_dir, e.tasks, data_dir=data_dir, decoding=e.decoding, batch_size=e.batch_size,
+            limit=e.limit, precision=precision, trust_remote_code=point.config.trust_remote_code,
+            progress=progress,
+        )
 
 
 def shard_of(points: list[Point], index: int, count: int) -> list[tuple[int, Point]]:

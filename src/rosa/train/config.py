@@ -48,7 +48,7 @@ class TrainingSettings:
 
     lr: float | None = None
     epochs: float = 3.0
-    max_steps: int = -1
+    max_steps: int | None = None  # None: train ``epochs`` epochs; set, it takes precedence
     batch_size: int = 16
     micro_batch_size: int = 4
     cutoff_len: int = 256
@@ -64,12 +64,18 @@ class TrainingSettings:
     def __post_init__(self):
         for name in ("batch_size", "micro_batch_size", "cutoff_len", "logging_steps", "save_steps", "save_total_limit"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, f"training.{name} must be a positive integer, got {value!r}")
+            _check(_is_int(value) and value >= 1, f"training.{name} must be a positive integer, got {value!r}")
+        _check(self.cutoff_len >= 2, f"training.cutoff_len must be at least 2, got {self.cutoff_len} (a sequence of one token "
+               "has nothing to predict, and the loss would be NaN); LLM-Adapters uses 256")
         _check(self.batch_size % self.micro_batch_size == 0,
                f"training.batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
         _check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"training.lr must be positive, got {self.lr!r}")
         _check(self.max_samples is None or self.max_samples >= 1, f"training.max_samples must be >= 1, got {self.max_samples!r}")
-        _check(self.epochs > 0 or self.max_steps > 0, "give training.epochs > 0 or training.max_steps > 0")
+        _check(self.max_steps is None or (_is_int(self.max_steps) and self.max_steps >= 1),
+               f"training.max_steps must be a positive integer, got {self.max_steps!r}; leave it out (null) to train "
+               "for training.epochs epochs")
+        _check(isinstance(self.epochs, (int, float)) and not isinstance(self.epochs, bool) and math.isfinite(self.epochs)
+               and self.epochs > 0, f"training.epochs must be a positive number, got {self.epochs!r}")
 
 
 @dataclass
@@ -164,6 +170,9 @@ def load_config_data(path: str | Path | None, overrides: dict[str, Any]) -> dict
         except yaml.YAMLError as err:
             raise RoSAConfigError(f"config file {path} is not valid YAML: {err}") from err
         _check(isinstance(data, dict), f"config file {path} must hold a mapping of fields, not {type(data).__name__}")
+        training = data.get("training")
+        if isinstance(training, dict) and training.get("max_steps") == -1:
+            training["max_steps"] = None  # how the config.yaml of earlier runs says "not set"
     return with_assignments(data, overrides)
 
 
@@ -216,6 +225,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +24,12 @@ from transformers.integrations import TensorBoardCallback
 
 from rosa import memory
 from rosa.data import load_dataset
-from rosa.data.prompts import tokenize_for_training
+from rosa.architecture import block_norms, find_decoder_stack
+from rosa.data.prompts import tokenize_for_training, train_prompt
 from rosa.dls.callback import DLSCallback, freeze_under_ddp_message
 from rosa.errors import RoSAConfigError, RoSAError
 from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype
+from rosa.locking import directory_lock
 from rosa.serialization import atomic_write_bytes, atomic_write_json, check_writable, read_json_object, staged_directory
 from rosa.train.callbacks import JsonlLogCallback, LogEveryCheckpointCallback
 from rosa.train.config import METHODS, ExperimentConfig, config_yaml
@@ -45,10 +46,16 @@ from rosa.train.run_dir import (
     TRAIN_LOG,
     check_new_run_dir,
     checkpoint_step,
+    discard_replaced,
+    has_something_to_keep,
+    move_aside,
     prepare_resume,
+    put_back,
+    replaced_path,
     resume_point,
     save_failure,
     save_failures_explained,
+    settle_replacement,
 )
 from rosa.train.trainer import RoSATrainer
 from rosa.version import __version__
@@ -80,12 +87,72 @@ def resolve_budget(config: ExperimentConfig, log=print) -> tuple[ExperimentConfi
     return matched, {"reference": label, "reference_params": reference, "rank": rank, "params": count}
 
 
-def tokenized_dataset(config: ExperimentConfig, tokenizer) -> list[dict[str, list[int]]]:
+def tokenized_dataset(config: ExperimentConfig, tokenizer, log=print) -> list[dict[str, list[int]]]:
     records = load_dataset(config.data, config.data_dir, seed=config.seed)
     if config.training.max_samples is not None and config.training.max_samples < len(records):
         records = random.Random(config.seed).sample(records, config.training.max_samples)
     t = config.training
-    return [tokenize_for_training(r, tokenizer, t.cutoff_len, t.train_on_inputs) for r in records]
+    minimum = minimum_cutoff_len(tokenizer, t.train_on_inputs)
+    if t.cutoff_len < minimum:
+        raise RoSAConfigError(
+            f"training.cutoff_len {t.cutoff_len} is too small: with training.train_on_inputs=false the loss covers only "
+            f"the response, and this tokenizer needs {minimum - 1} tokens for the prompt template alone, so no example "
+            f"would keep a token to learn from. Set training.cutoff_len to at least {minimum} (LLM-Adapters uses 256), "
+            "or train_on_inputs=true."
+        )
+    examples = [tokenize_for_training(r, tokenizer, t.cutoff_len, t.train_on_inputs) for r in records]
+    empty = sum(not _has_target(example) for example in examples)
+    if empty == len(examples):
+        raise RoSAConfigError(
+            f"no example of {config.data} keeps a token to learn from at training.cutoff_len {t.cutoff_len}: every "
+            "prompt fills it (the loss would be 0/0). Raise training.cutoff_len (LLM-Adapters uses 256)."
+        )
+    if empty:
+        log(f"{empty} of {len(examples)} examples have no response token within training.cutoff_len {t.cutoff_len}; they add nothing to the loss")
+    return examples
+
+
+def minimum_cutoff_len(tokenizer, train_on_inputs: bool) -> int:
+    """The smallest ``cutoff_len`` that leaves an example a token to learn from: two tokens (the
+    first predicts the second) when the loss covers the prompt; otherwise the prompt template (the
+    training prompt of an empty record) plus one response token."""
+    if train_on_inputs:
+        return 2
+    return len(tokenizer(train_prompt({"instruction": "", "input": "", "output": ""}))["input_ids"]) + 1
+
+
+def _has_target(example: dict[str, list[int]]) -> bool:
+    """Whether some label is predicted (a causal LM predicts token i from the ones before it)."""
+    return any(label != -100 for label in example["labels"][1:])
+
+
+def check_model(model: torch.nn.Module, config: ExperimentConfig, example: dict[str, list[int]]) -> None:
+    """What would otherwise fail only once training has started (after the run directory was
+    written): DLS's norms (``dls.norm_names``), and one forward pass of the adapted model on a
+    training example (a layout the adapter cannot handle fails there). RNG states are left as they
+    were and dropout is off, so the run is the same with or without this check."""
+    if config.uses_dls:
+        stack = find_decoder_stack(model)
+        for block in stack.layers:
+            block_norms(block, config.dls.norm_names)
+    device = next(model.parameters()).device
+    batch = {name: torch.tensor([example[name]], device=device) for name in ("input_ids", "attention_mask")}
+    was_training = model.training
+    try:
+        model.eval()
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            model(**batch)
+    except RoSAError:
+        raise
+    except Exception as err:  # a model or adapter that cannot run: say so before anything is written
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RoSAError(
+            f"{config.model} with method {config.method} failed a test forward pass on one training example, before "
+            f"anything was written: {reason}. Fix the model or the method's settings (--set rosa.* / lora.*)."
+        ) from err
+    finally:
+        model.train(was_training)
 
 
 def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = False, log=print) -> dict[str, Any]:
@@ -94,13 +161,32 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     ``resume=True`` continues the unfinished run in ``config.output_dir`` from its newest complete
     checkpoint (``config`` must be the run's own ``config.yaml``); with the same seed and hardware the
     result is bit-identical to an uninterrupted run.
+
+    The run directory is locked for the whole job (a second writer is refused), and nothing in it is
+    touched before every input has been checked, the model included (one test forward pass). A new
+    run that fails before it has anything to keep (a published checkpoint) is undone: its directory
+    is removed, or the run it replaced (``overwrite``) is moved back unchanged.
     """
     config = config.resolved()
     run_dir = Path(config.output_dir)
+    if not resume:
+        check_new_run_dir(run_dir, overwrite)  # a quick answer; checked again under the lock
+    check_writable(run_dir, "--output-dir")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the one that writes, under accelerate/torchrun
+    lock = directory_lock(
+        run_dir, "run directory",
+        "wait for it to finish, or choose another --output-dir." if not resume else "wait for it to finish.",
+    ) if main_process else contextlib.nullcontext()
+    with lock:
+        if main_process:
+            settle_replacement(run_dir, log)
+        return _train(config, run_dir, overwrite, resume, log)
+
+
+def _train(config: ExperimentConfig, run_dir: Path, overwrite: bool, resume: bool, log) -> dict[str, Any]:
     checkpoint = resume_point(run_dir, config.uses_dls, log) if resume else None
     if not resume:
         check_new_run_dir(run_dir, overwrite)
-    check_writable(run_dir, "--output-dir")
     if resume:  # config.yaml already holds the matched rank; the reference may have moved since
         budget = read_json_object(run_dir / BUDGET_FILE) if (run_dir / BUDGET_FILE).is_file() else None
     else:
@@ -108,7 +194,7 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
 
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    dataset = tokenized_dataset(config, tokenizer)
+    dataset = tokenized_dataset(config, tokenizer, log)
     device = default_device()
     dtype = resolve_dtype(config.precision, device)
     args = training_arguments(config, run_dir, dtype, device)  # joins the process group under accelerate/torchrun
@@ -116,15 +202,30 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
         raise RoSAConfigError(freeze_under_ddp_message(args.world_size))
     base = load_base_model(config.model, precision=config.precision, device=device, trust_remote_code=config.trust_remote_code)
     model = apply_method(base, config)
+    check_model(model, config, dataset[0])
     trainable, total = model.get_nb_trainable_parameters()  # RoSAModel and PeftModel both offer it
     log(f"{config.method}: trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     # Inputs are all checked (by every process): only now is the run directory touched, by one process.
+    existed = run_dir.is_dir()
     args.distributed_state.wait_for_everyone()
+    try:
+        if args.should_save:
+            with _explained_failures(run_dir, checkpoint, "the run directory"):
+                _prepare_run_dir(run_dir, config, budget, model, overwrite, resume, checkpoint)
+        args.distributed_state.wait_for_everyone()
+        summary = _run(config, run_dir, args, model, tokenizer, dataset, checkpoint, budget, trainable, total, device, log)
+    except Exception as err:
+        if args.should_save:
+            _after_failure(run_dir, resume, existed, err, log)
+        raise
     if args.should_save:
-        with _explained_failures(run_dir, checkpoint, "the run directory"):
-            _prepare_run_dir(run_dir, config, budget, model, overwrite, resume, checkpoint)
-    args.distributed_state.wait_for_everyone()
+        discard_replaced(run_dir)
+    return summary
+
+
+def _run(config: ExperimentConfig, run_dir: Path, args: TrainingArguments, model, tokenizer, dataset, checkpoint: Path | None,
+         budget: dict | None, trainable: int, total: int, device: torch.device, log) -> dict[str, Any]:
     if checkpoint is not None:
         log(f"resuming from {checkpoint}")
 
@@ -172,6 +273,28 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     return summary
 
 
+def _after_failure(run_dir: Path, resume: bool, existed: bool, err: Exception, log) -> None:
+    """A run that failed with something to keep stays (and replaces the previous one for good); a new
+    one that failed before is undone, so the same command (corrected) can run again. A resumed run is
+    left as it was (it was a run before this command). Kills and Ctrl-C never get here: they leave the
+    directory as it is, for ``--resume``."""
+    if has_something_to_keep(run_dir):
+        discard_replaced(run_dir)
+        return
+    if resume:
+        return
+    replaced = replaced_path(run_dir).exists()
+    try:
+        put_back(run_dir, existed)
+    except OSError as cleanup:
+        log(f"could not undo the start of the run in {run_dir}: {cleanup}")
+        return
+    if isinstance(err, RoSAError) and err.args and isinstance(err.args[0], str):
+        undone = (f"The previous run in {run_dir} was moved back, unchanged." if replaced
+                  else f"Nothing of this run was kept ({run_dir} is as it was).")
+        err.args = (f"{err.args[0]} {undone}", *err.args[1:])
+
+
 @contextlib.contextmanager
 def _explained_failures(run_dir: Path, checkpoint: Path | None, what: str) -> Iterator[None]:
     """A full disk, a permission change or a refused pickle becomes a message that says what is kept
@@ -204,10 +327,9 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, budget: dict | Non
     if resume:
         prepare_resume(run_dir, checkpoint)
     else:
-        if run_dir.exists() and overwrite:
-            # config.yaml first: a kill during the removal must not leave a run that --resume would continue
-            (run_dir / CONFIG_FILE).unlink(missing_ok=True)
-            shutil.rmtree(run_dir)
+        if overwrite and (replaced_path(run_dir).exists() or (run_dir.is_dir() and any(run_dir.iterdir()))):
+            # kept aside until the new run has something to keep (see _after_failure and settle_replacement)
+            move_aside(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if budget is not None:
             atomic_write_json(run_dir / BUDGET_FILE, budget)
@@ -220,7 +342,7 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, budget: dict | Non
             model.save_pretrained(str(initial))
 
 
-def _logged_mean_loss(log_history: list[dict]) -> float:
+def _logged_mean_loss(log_history: list[dict]) -> float | None:
     """Mean training loss over the whole run, from the log (the Trainer's own mean covers only the
     steps since a resume). Each logged value is the mean over the steps since the previous one, and
     LogEveryCheckpointCallback logs at every checkpoint and at the last step, so the log covers every
@@ -230,7 +352,7 @@ def _logged_mean_loss(log_history: list[dict]) -> float:
         if "loss" in entry:
             total += entry["loss"] * (entry["step"] - previous)
             previous = entry["step"]
-    return total / previous if previous else float("nan")
+    return total / previous if previous else None  # no step: JSON has no NaN
 
 
 def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dtype, device: torch.device) -> TrainingArguments:
@@ -251,7 +373,7 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         per_device_train_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.batch_size // (t.micro_batch_size * world_size),
         num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
+        max_steps=t.max_steps if t.max_steps is not None else -1,  # -1: transformers trains num_train_epochs
         learning_rate=t.lr,
         lr_scheduler_type="linear",
         warmup_steps=t.warmup_steps,

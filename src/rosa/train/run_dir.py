@@ -10,6 +10,13 @@ Run directory layout::
     dls_history.json   DLS selections (methods with DLS)
     adapter/           the final adapter (RoSA or PEFT format, safetensors + JSON), published whole
     run.json           summary written last: a run without it did not finish
+
+One writer at a time: ``rosa train`` holds the directory's lock (:mod:`rosa.locking`) from before its
+checks until it ends. ``--overwrite`` moves the previous run aside, to ``.NAME.replaced`` beside the
+directory, and deletes it only once the new run has something to keep (a published checkpoint, or
+``run.json``); a new run that fails before that is removed and the previous one is moved back. A
+replacement killed before that point leaves both; the next ``rosa train`` on the directory sorts them
+out (:func:`settle_replacement`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +55,69 @@ def check_new_run_dir(path: Path, overwrite: bool) -> None:
         )
 
 
+def replaced_path(run_dir: Path) -> Path:
+    """Where ``--overwrite`` keeps the previous run until the new one has something to keep."""
+    run_dir = Path(os.path.abspath(run_dir))
+    return run_dir.with_name(f".{run_dir.name}.replaced")
+
+
+def has_something_to_keep(run_dir: Path) -> bool:
+    """Whether a run has a state worth more than its inputs: a published checkpoint, or it finished."""
+    return run_dir.is_dir() and ((run_dir / RUN_SUMMARY).is_file() or bool(checkpoints(run_dir)))
+
+
+def settle_replacement(run_dir: Path, log=print) -> None:
+    """Finish what a replacement (``--overwrite``) killed midway left: the previous run aside, and a
+    new run. A new run with something to keep wins; one that never got to write its ``config.yaml``
+    loses (the previous run is moved back); otherwise both stay (``--resume`` continues the new run,
+    the same ``--overwrite`` starts it again, and the previous run waits aside until either has
+    something to keep). Called with the directory's lock held."""
+    aside = replaced_path(run_dir)
+    if not aside.exists():
+        return
+    if has_something_to_keep(run_dir):
+        shutil.rmtree(aside)
+    elif not (run_dir / CONFIG_FILE).is_file():
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        os.rename(aside, run_dir)
+        log(f"{run_dir}: restored the previous run, which a replacement interrupted before it started had moved aside")
+
+
+def move_aside(run_dir: Path) -> None:
+    """Make room for a replacement: the previous run goes to :func:`replaced_path` (where it may
+    already be, when an earlier replacement was interrupted: then that one is removed)."""
+    aside = replaced_path(run_dir)
+    if aside.exists():
+        remove_run(run_dir)
+    elif run_dir.exists():
+        os.rename(run_dir, aside)
+
+
+def put_back(run_dir: Path, existed: bool) -> None:
+    """Undo the start of a run that failed before it had anything to keep: remove it, and move the
+    run it replaced back (or leave the empty directory that was there)."""
+    aside = replaced_path(run_dir)
+    remove_run(run_dir)
+    if aside.exists():
+        os.rename(aside, run_dir)
+    elif existed:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def discard_replaced(run_dir: Path) -> None:
+    """The new run has something to keep: the one it replaced is deleted."""
+    shutil.rmtree(replaced_path(run_dir), ignore_errors=True)
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete a run directory, ``config.yaml`` first: a kill during the removal must not leave
+    something ``--resume`` would continue."""
+    if run_dir.exists():
+        (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        shutil.rmtree(run_dir)
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     """The published checkpoints of a run, oldest first."""
     found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
@@ -61,11 +132,15 @@ def checkpoint_step(checkpoint: Path) -> int:
 def save_failure(err: BaseException, run_dir: Path, what: str) -> RoSAError:
     """A failed save (full disk, lost permission, I/O error), said with what is kept and what to do."""
     published = checkpoints(run_dir) if run_dir.is_dir() else []
-    kept = f"the last complete checkpoint, {published[-1].name}, is intact" if published else "no checkpoint was complete yet"
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0]
+    if published:
+        kept = f"the last complete checkpoint, {published[-1].name}, is intact"
+        then = f"continue with `rosa train --resume {run_dir}`"
+    else:  # nothing to resume from: a new run is undone (rosa.train.recipe), a resumed one starts over
+        kept, then = "no checkpoint was complete yet", "run the same command again"
     return RoSAError(
         f"could not write {what} in {run_dir}: {reason}. Nothing complete was overwritten; {kept}. Free space "
-        f"(or fix the permissions or the storage), then continue with `rosa train --resume {run_dir}`."
+        f"(or fix the permissions or the storage), then {then}."
     )
 
 
