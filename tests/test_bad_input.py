@@ -256,6 +256,12 @@ def locked(tmp_path):
     return tmp_path
 
 
+def evaluate_run_in_training(tmp_path, assets):
+    """``rosa eval`` of a finished run that another process is writing (resuming or replacing it)."""
+    finished_run(tmp_path, assets)
+    return ["eval", str(locked(tmp_path) / "out"), "--tasks", "boolq", "--limit", "2"]
+
+
 def finished_run(tmp_path, assets):
     """A finished run at tmp_path/out, for --overwrite to replace (the snapshot proves it byte-identical after)."""
     shutil.copytree(assets / "run", tmp_path / "out")
@@ -283,6 +289,7 @@ CASES.update({
     "locked-eval-output": (lambda t, a: evaluate(locked(t), "--model", str(STORIES)),
                            ["error: evaluation directory /", f"/out {IN_USE}", "choose another --output"]),
     "locked-sweep-dir": (lambda t, a: sweep(locked(t)), ["error: sweep directory /", f"/out {IN_USE}", "choose another --output-dir"]),
+    "locked-run-eval": (lambda t, a: evaluate_run_in_training(t, a), ["error: run directory /", f"/out {IN_USE}", "wait for its training to finish"]),
 })
 
 
@@ -300,6 +307,28 @@ def test_run_json_is_strict_json_and_a_run_without_logged_loss_reports_none(asse
     summary = json.loads((assets / "run" / "run.json").read_text(), parse_constant=refuse)
     assert summary["steps"] == 4 and isinstance(summary["train_loss"], float)
     assert _logged_mean_loss([]) is None
+
+
+def test_a_replacement_that_fails_after_its_first_checkpoint_keeps_the_previous_run_aside(tmp_path, assets, monkeypatch, capsys):
+    """A NaN loss at step 3, after checkpoint-2: the new run keeps its checkpoint (for --resume), and the
+    finished run it was replacing is not deleted for a run that may never finish: it waits aside, byte
+    for byte, and the message says where."""
+    previous = snapshot(assets / "run")
+    original, calls = RoSATrainer.compute_loss, []
+
+    def nan_from_step_3(self, *args, **kwargs):
+        calls.append(None)  # one micro-batch per optimizer step here
+        return original(self, *args, **kwargs) * (float("nan") if len(calls) >= 3 else 1.0)
+
+    monkeypatch.setattr(RoSATrainer, "compute_loss", nan_from_step_3)
+    capsys.readouterr()
+    assert rosa_main(train(tmp_path, *finished_run(tmp_path, assets))) == 2
+    err = capsys.readouterr().err
+    aside = tmp_path / ".out.replaced"
+    assert err.count(": error: ") == 1 and "the loss became nan in optimizer step 3" in err
+    assert f"The previous run is kept in {aside} until a new run in {tmp_path / 'out'} finishes" in err
+    assert {p.relative_to(aside): h for p, h in snapshot(aside).items()} == {p.relative_to(assets / "run"): h for p, h in previous.items()}
+    assert (tmp_path / "out" / "checkpoint-2").is_dir() and not (tmp_path / "out" / "run.json").exists()
 
 
 def test_a_model_that_fails_its_test_forward_is_refused_before_the_previous_run_is_touched(tmp_path, assets, monkeypatch, capsys):

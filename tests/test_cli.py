@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import transformers as T
 
 from conftest import STORIES, require, tiny_config
@@ -44,7 +45,7 @@ def test_info_works_on_a_partial_rotary_config(tmp_path):
     result = rosa("info", str(tmp_path))
     assert result.returncode == 0, result.stderr
     # Phi splits the 16-dim head before RoPE: its rotary function only ever sees the 8 rotated dims
-    assert "  rotary            apply_rotary_pos_emb, rotate_half layout, 4 pairs = 8 of 8 dims" in result.stdout.splitlines()
+    assert "  rotary            apply_rotary_pos_emb, rotate_half layout, 4 pairs = 8 of the 8 dims it receives (head dim 16)" in result.stdout.splitlines()
 
 
 def test_info_reports_one_shared_key_head_on_falcon_multi_query(tmp_path):
@@ -61,7 +62,7 @@ def test_info_reports_the_interleaved_layout_and_its_dims(tmp_path):
     result = rosa("info", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "  rotary            apply_rotary_pos_emb, interleaved layout, 8 pairs = 16 of 16 dims" in lines
+    assert "  rotary            apply_rotary_pos_emb, interleaved layout, 8 pairs = 16 of the 16 dims it receives (head dim 16)" in lines
     assert "  low-frequency     pairs [6, 7] -> dims [12, 13, 14, 15]  (r_low=0.25)" in lines
 
 
@@ -71,3 +72,24 @@ def test_info_refuses_gptj_with_the_true_reason(tmp_path):
     assert result.returncode == 2
     assert "rotates the query and the key in separate calls" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        T.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),
+        T.Phi3Config(vocab_size=97, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=64, intermediate_size=96,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                     rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 32,
+                                      "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}),
+    ],
+    ids=["dynamic", "longrope"],
+)
+def test_info_measures_rope_whose_frequencies_update_at_run_time_on_the_meta_device(config, tmp_path):
+    """Dynamic NTK and LongRoPE update their frequencies inside the rotary embedding's forward, which
+    cannot run on the meta device: rosa info computes them where the frequencies live."""
+    config.save_pretrained(tmp_path)
+    result = rosa("info", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "  low-frequency     pairs [6, 7] -> dims [6, 7, 14, 15]  (r_low=0.25)" in result.stdout.splitlines()

@@ -225,6 +225,14 @@ def test_corrupted_truncated_and_foreign_adapter_files_fail_clearly(tmp_path):
         RoSAModel.from_pretrained(tiny_model("llama"), renamed)
 
 
+def test_an_adapter_saved_when_rosa_assumed_rotate_half_is_refused_with_the_reason(tmp_path):
+    get_rosa_model(tiny_model("llama"), RoSAConfig()).save_pretrained(tmp_path)
+    header = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**header, "format_version": 1}))
+    with pytest.raises(AdapterLoadError, match="format_version 1.*assumed every model pairs its RoPE dimensions rotate-half"):
+        RoSAModel.from_pretrained(tiny_model("llama"), tmp_path)
+
+
 @pytest.mark.parametrize(
     "config",
     [

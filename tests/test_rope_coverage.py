@@ -98,6 +98,9 @@ def test_supported_family_adapts_exactly_its_lowest_frequency_dims(case):
     assert row.status == "supported", row.detail
     assert row.failures == [], row.failures
     assert row.detail.startswith(f"{layout};"), row.detail
+    # every check was made, except where the witness cannot measure a family and the script says so
+    unmade = [note for note in ("not checked", "not measured", "dims stated") if note in row.detail]
+    assert unmade == (["dims stated"] if family == "phimoe" else []), row.detail
     assert (f"without RoPE: {without_rope}" in row.detail) == bool(without_rope), row.detail
 
 
@@ -117,3 +120,24 @@ def test_the_measured_check_catches_a_wrong_layout(monkeypatch):
                         lambda self, n_low: sorted(d for i in self.low_frequency_pairs(n_low) for d in (i, i + self.n_pairs)))
     row = rope_coverage.check_family("cohere")
     assert any("changed dims [6, 7, 14, 15], lowest-frequency dims [12, 13, 14, 15]" in f for f in row.failures), row.failures
+
+
+def test_the_nested_indexer_is_shielded_only_while_rosa_needs_it():
+    """HunYuan V4's token indexer gets hooks that hide its RoPE from the wrapper while a probe or an
+    adapter needs them; probing alone leaves none, and unload() removes the adapter's."""
+    from rosa import RoSAConfig, get_rosa_model
+    from rosa.roae import rotary_geometry
+
+    base = rope_coverage.tiny_model("hy_v4")
+    indexers = [m for m in base.modules() if type(m).__name__ == "HYV4Indexer"]
+    assert indexers  # not every layer has one
+
+    def hooked():
+        return [bool(m._forward_pre_hooks or m._forward_hooks or "_rosa_shield" in m.__dict__) for m in indexers]
+
+    rotary_geometry(base)
+    assert hooked() == [False] * len(indexers)
+    model = get_rosa_model(base, RoSAConfig())
+    assert hooked() == [True] * len(indexers)
+    model.unload()
+    assert hooked() == [False] * len(indexers)

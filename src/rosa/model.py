@@ -12,7 +12,7 @@ from torch import nn
 
 from rosa.config import RoSAConfig
 from rosa.errors import AdapterLoadError
-from rosa.roae.inject import BaseGeometry, inject_roae, remove_roae
+from rosa.roae.inject import inject_roae, remove_roae
 from rosa.serialization import read_adapter_header, read_adapter_tensors, save_adapter
 from rosa.version import __version__
 
@@ -127,9 +127,12 @@ class RoSAModel(nn.Module):
         """Load a saved adapter onto ``base_model``; refuses adapters made for another base."""
         config, saved = _read_header(adapter_path)
         tensors = read_adapter_tensors(adapter_path)
+        text = base_model.config.get_text_config()
+        # The sizes first, so a foreign base is named as such before the adapter's layers are placed on it.
+        _check_same_base({k: getattr(text, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers")}, saved, adapter_path)
         model = cls(base_model, config)
         try:
-            _check_same_base(model.geometry, saved, adapter_path)
+            _check_same_base(model.geometry.to_dict(), saved, adapter_path)
             _copy_adapter_tensors(model.adapter_parameters(), tensors, adapter_path)
         except AdapterLoadError:
             model.unload()
@@ -149,7 +152,7 @@ class RoSAModel(nn.Module):
                 f"adapter in '{adapter_path}' was saved with another RoSA config ({config.to_dict()}, this model: "
                 f"{self.rosa_config.to_dict()}). Resume with the configuration the run was started with."
             )
-        _check_same_base(self.geometry, saved, adapter_path)
+        _check_same_base(self.geometry.to_dict(), saved, adapter_path)
         _copy_adapter_tensors(self.adapter_parameters(), read_adapter_tensors(adapter_path), adapter_path)
 
 
@@ -183,8 +186,8 @@ def _copy_adapter_tensors(expected: dict[str, nn.Parameter], tensors: dict[str, 
             parameter.copy_(tensors[name])
 
 
-def _check_same_base(geometry: BaseGeometry, saved: dict, adapter_path) -> None:
-    current = geometry.to_dict()
+def _check_same_base(current: dict, saved: dict, adapter_path) -> None:
+    """``current``: the base model's geometry (``BaseGeometry.to_dict()``, or some of its keys)."""
     differences = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     if differences:
         detail = ", ".join(f"{k}: adapter {a!r} vs base {b!r}" for k, (a, b) in differences.items())

@@ -26,7 +26,8 @@ from rosa.errors import AdapterLoadError, RoSAError
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "rosa-roae"
-FORMAT_VERSION = 1
+# 2: the header records each layer group's measured rotary layout (rosa.roae.inject.BaseGeometry).
+FORMAT_VERSION = 2
 
 
 def current_umask() -> int:
@@ -169,10 +170,16 @@ def read_adapter_header(directory: str | os.PathLike) -> dict[str, Any]:
             f"{path} is not a RoSA adapter (format={found!r}, expected {FORMAT!r}). PEFT adapters load with "
             "peft.PeftModel.from_pretrained."
         )
-    if header.get("format_version") != FORMAT_VERSION:
+    version = header.get("format_version")
+    if version == 1:
         raise AdapterLoadError(
-            f"{path} has format_version {header.get('format_version')!r}; this rosa reads version "
-            f"{FORMAT_VERSION}. Upgrade rosa."
+            f"{path} was saved by an older rosa (format_version 1), which assumed every model pairs its RoPE "
+            "dimensions rotate-half and did not record the layout it adapted (wrong on interleaved families such "
+            "as Cohere or GLM). Train the adapter again with this rosa."
+        )
+    if version != FORMAT_VERSION:
+        raise AdapterLoadError(
+            f"{path} has format_version {version!r}; this rosa reads version {FORMAT_VERSION}. Upgrade rosa."
         )
     return header
 

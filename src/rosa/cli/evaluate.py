@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from rosa.eval.generation import DECODINGS
@@ -51,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
         precision = args.precision or "auto"
 
     check_writable(Path(output), "--output")
-    with directory_lock(output, "evaluation directory", "wait for it to finish (the same command then continues "
-                        "from its predictions), or choose another --output."):
+    # A run being evaluated must not be replaced or resumed meanwhile: its adapter is read, and its
+    # evaluation lives inside it. Training holds the run's lock exclusively, so either waits for the other.
+    run_lock = directory_lock(args.run_dir, "run directory", "wait for its training to finish.", shared=True) if args.run_dir else contextlib.nullcontext()
+    with run_lock, directory_lock(output, "evaluation directory", "wait for it to finish (the same command then continues "
+                                  "from its predictions), or choose another --output."):
         metrics = evaluate_target(
             model_name, adapter, output, args.tasks, data_dir=data_dir, decoding=args.decoding,
             batch_size=args.batch_size, limit=args.limit, precision=precision,

@@ -24,13 +24,17 @@ def run(args: argparse.Namespace) -> int:
     base = meta_model(args.model, args.trust_remote_code)
     model = get_rosa_model(base, config)
     g = model.geometry
+    text = base.config.get_text_config()
+    # MLA heads are the non-rotary part plus the rotary part (qk_head_dim); others say head_dim, or imply it
+    head_dim = getattr(text, "qk_head_dim", None) or getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     print(f"model type          {g.model_type}  ({g.num_hidden_layers} layers, hidden {g.hidden_size})")
     for group in g.rotary:
         rotary, layout = group.rotary, group.rotary.layout
         kind = f", layer type {rotary.layer_type}" if rotary.layer_type else ""
         print(f"layers {layer_ranges(group.layers)}{kind}")
         print(f"  heads             {rotary.query_heads} query / {rotary.key_heads} key (as RoPE hands them to attention)")
-        print(f"  rotary            {rotary.function}, {layout.name} layout, {layout.n_pairs} pairs = {layout.rotary_dim} of {layout.dim} dims")
+        print(f"  rotary            {rotary.function}, {layout.name} layout, {layout.n_pairs} pairs = {layout.rotary_dim} "
+              f"of the {layout.dim} dims it receives (head dim {head_dim})")
         print(f"  low-frequency     pairs {list(group.low_frequency_pairs)} -> dims {group.low_frequency_dims}  (r_low={config.r_low})")
     print(f"adapted layers      {layer_ranges(sorted(model.adapters))}" + (f"; without RoPE, left out: {model.nope_layers}" if model.nope_layers else ""))
     print(f"DLS norms per layer {list(block_norms(find_decoder_stack(base).layers[0]))}")

@@ -106,16 +106,20 @@ def interrupted(args: argparse.Namespace, phase: str | None) -> str:
     what ``--resume`` continues from."""
     from rosa.interrupt import LOADING_MODEL
     from rosa.train.config import load_config
-    from rosa.train.run_dir import CONFIG_FILE, RUN_SUMMARY, checkpoints
+    from rosa.train.run_dir import CONFIG_FILE, RUN_SUMMARY, checkpoints, replaced_path
 
     if phase == LOADING_MODEL and args.resume is None:  # the run directory is not touched before the model is built
         return "while loading the model; nothing was written. Rerun the same command."
-    run_dir = Path(args.resume or args.output_dir or load_config(args.config, config_overrides(args)).output_dir)
+    run_dir = Path(args.resume or args.output_dir or load_config(args.config, config_overrides(args)).output_dir).resolve()
     resume = f"`rosa train --resume {run_dir}`"
+    aside = replaced_path(run_dir)
+    previous = f" The previous run is kept in {aside} until this one finishes." if aside.exists() else ""
     if (run_dir / RUN_SUMMARY).is_file():
         return f"after the run finished; {run_dir} is complete. Evaluate it with `rosa eval {run_dir}`."
     if run_dir.is_dir() and checkpoints(run_dir):
-        return f"; the newest complete checkpoint, {checkpoints(run_dir)[-1].name}, is kept in {run_dir}. Continue with {resume}."
+        return f"; the newest complete checkpoint, {checkpoints(run_dir)[-1].name}, is kept in {run_dir}. Continue with {resume}.{previous}"
     if (run_dir / CONFIG_FILE).is_file():
-        return f"before the first checkpoint; {run_dir} keeps the run's {CONFIG_FILE}, so {resume} starts it again from step 0."
+        return f"before the first checkpoint; {run_dir} keeps the run's {CONFIG_FILE}, so {resume} starts it again from step 0.{previous}"
+    if previous:
+        return f"before the new run wrote anything;{previous} Rerun the same command (it puts the previous run back first)."
     return "before anything was written. Rerun the same command."

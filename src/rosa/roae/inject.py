@@ -115,7 +115,6 @@ def inject_roae(model: nn.Module, config: RoSAConfig) -> tuple[BaseGeometry, dic
     geometry = base_geometry(model, config)
     requested = _requested_layers(config, geometry)
     stack = find_decoder_stack(model)
-    device = next(model.parameters()).device
     dtype = _adapter_dtype(config, model)
     generator = torch.Generator().manual_seed(config.init_seed) if config.init_seed is not None else None
     adapters: dict[int, RoAE] = {}
@@ -136,7 +135,7 @@ def inject_roae(model: nn.Module, config: RoSAConfig) -> tuple[BaseGeometry, dic
                 rotary_function=group.rotary.function,
                 dtype=dtype,
                 generator=generator,
-            ).to(device)
+            ).to(next(attention.parameters()).device)  # each layer's own device (device_map="auto" spreads them)
             rotary_hook.attach(attention, adapter)
             attention.roae = adapter
             adapters[index] = adapter

@@ -132,12 +132,24 @@ def _probe_layer(model: nn.Module, index: int, attention: nn.Module, embedding: 
     layer_type = _layer_type(model, embedding, index)
     parameter = next(attention.parameters())
     hidden = torch.zeros(1, 2, config.hidden_size, device=parameter.device, dtype=model.dtype)
+    device = next(iter(embedding.buffers())).device  # real even for a meta model (see train.methods.meta_model)
+    where = f"layer {index} ({type(attention).__name__})"
+    if device.type == "meta":
+        raise UnsupportedModelError(f"{where}: the rotary embedding has no values (meta device); rebuild it on a real device.")
     if layer_type is not None and f"{layer_type}_inv_freq" not in _rotary_buffers(embedding):
         position_embeddings = None  # a layer type without rotary parameters gets none (Beam's full attention)
     else:
+        # Computed where the embedding's frequencies live (dynamic and LongRoPE updates read them), then
+        # moved to the attention's device: the meta device for `rosa info`.
         with torch.no_grad():
-            position_embeddings = _embed(embedding, hidden, [0, 1], layer_type)
-    call = rotary_hook.probe_rotary_call(attention, **_attention_inputs(attention, hidden, position_embeddings))
+            cos_sin = _embed(embedding, torch.zeros(1, 2, 1, device=device, dtype=hidden.dtype), [0, 1], layer_type)
+        position_embeddings = tuple(t.to(hidden.device) for t in cos_sin)
+    try:
+        call = rotary_hook.probe_rotary_call(attention, **_attention_inputs(attention, hidden, position_embeddings))
+    except UnsupportedModelError:
+        raise
+    except Exception as err:  # an attention block that needs more than two plain tokens to run
+        raise UnsupportedModelError(f"{where}: running its attention once to find its RoPE failed: {err}") from err
     if call is None:
         return None
     where = f"layer {index} ({type(attention).__name__}, {call.function})"
@@ -145,9 +157,6 @@ def _probe_layer(model: nn.Module, index: int, attention: nn.Module, embedding: 
     if call.key_shape[-1] != dim:
         raise UnsupportedModelError(f"{where}: rotated queries have {dim} dims but keys {call.key_shape[-1]}.")
     function = rotary_hook.rotary_functions(attention)[call.function]
-    device = next(iter(embedding.buffers())).device
-    if device.type == "meta":
-        raise UnsupportedModelError(f"{where}: the rotary embedding has no values (meta device); rebuild it on a real device.")
 
     def cos_sin_at(position: int):
         with torch.no_grad():

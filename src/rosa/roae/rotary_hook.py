@@ -160,23 +160,48 @@ def check_rotary_signature(attention: nn.Module) -> None:
 
 
 def install_rotary_wrapper(attention: nn.Module) -> None:
-    """Wrap the rotary functions of ``attention``'s modeling module, and mark the modules nested in
-    ``attention`` that apply RoPE of their own, so only the block's own call is seen (idempotent)."""
-    check_rotary_signature(attention)
-    module = sys.modules[type(attention).__module__]
-    for name in rotary_functions(attention):
-        if not hasattr(getattr(module, name), "__rosa_original__"):
-            setattr(module, name, _wrap(getattr(module, name), name))
+    """Wrap the rotary functions of ``attention``'s modeling module, and of the modules nested in it
+    (idempotent)."""
+    for module in attention.modules():
+        check_rotary_signature(module)
+        modeling = sys.modules[type(module).__module__]
+        for name in rotary_functions(module):
+            if not hasattr(getattr(modeling, name), "__rosa_original__"):
+                setattr(modeling, name, _wrap(getattr(modeling, name), name))
+
+
+def shield_nested_rotary(attention: nn.Module) -> Callable[[], None]:
+    """While the modules nested in ``attention`` that apply RoPE of their own run, the wrapper leaves
+    their states alone, so only the block's own call is seen. Returns the function that takes the
+    shield away again; shields are counted per module, so a probe, an adapter and an observer of one
+    block can each hold and release theirs, and the model is left without hooks when all are gone."""
+    shielded = []
     for nested in attention.modules():
-        if nested is not attention and rotary_functions(nested) and not hasattr(nested, "_rosa_nested_rotary"):
-            install_rotary_wrapper(nested)
+        if nested is attention or not rotary_functions(nested):
+            continue
+        shield = nested.__dict__.get("_rosa_shield")
+        if shield is None:
             tokens: list[contextvars.Token] = []
-            nested.register_forward_pre_hook(lambda _module, _args, tokens=tokens: tokens.append(_NESTED.set(True)))
-            nested.register_forward_hook(
-                lambda _module, _args, _output, tokens=tokens: _NESTED.reset(tokens.pop()) if tokens else None,
-                always_call=True,
-            )
-            nested._rosa_nested_rotary = True
+            handles = [
+                nested.register_forward_pre_hook(lambda _module, _args: tokens.append(_NESTED.set(True))),
+                nested.register_forward_hook(
+                    lambda _module, _args, _output: _NESTED.reset(tokens.pop()) if tokens else None, always_call=True
+                ),
+            ]
+            shield = nested._rosa_shield = {"handles": handles, "holders": 0}
+        shield["holders"] += 1
+        shielded.append(nested)
+
+    def release() -> None:
+        for nested in shielded:
+            shield = nested._rosa_shield
+            shield["holders"] -= 1
+            if not shield["holders"]:
+                for handle in shield["handles"]:
+                    handle.remove()
+                del nested._rosa_shield
+
+    return release
 
 
 def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
@@ -186,6 +211,7 @@ def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
     a block that does not rotate (a NoPE layer) runs to its end.
     """
     install_rotary_wrapper(attention)
+    release = shield_nested_rotary(attention)
     calls: list[RotaryCall] = []
     token = _PROBE.set(calls)
     _count_published(1)
@@ -197,6 +223,7 @@ def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
     finally:
         _count_published(-1)
         _PROBE.reset(token)
+        release()
     return calls[0] if calls else None
 
 
@@ -236,12 +263,14 @@ def attach(attention: nn.Module, adapter: RoAE) -> None:
         return output
 
     attention._rosa_unwrapped_forward = inner
+    attention._rosa_release_shield = shield_nested_rotary(attention)
     attention.forward = forward_with_roae
 
 
 def detach(attention: nn.Module) -> None:
     """Undo :func:`attach`."""
     inner = attention.__dict__.pop("_rosa_unwrapped_forward")
+    attention.__dict__.pop("_rosa_release_shield")()
     if inner == getattr(type(attention), "forward").__get__(attention):
         attention.__dict__.pop("forward", None)
     else:
@@ -268,16 +297,19 @@ def observe_rotary_states(model: nn.Module, callback: RotaryObserver) -> Iterato
 
     stack = find_decoder_stack(model)
     layers = sorted(rotary_geometry(model).layers)
-    handles = []
+    handles, releases = [], []
     try:
         for index in layers:
             attention = find_attention(stack.layers[index])
             install_rotary_wrapper(attention)
+            releases.append(shield_nested_rotary(attention))
             handles += _publish_observer(attention, functools.partial(callback, index))
         yield layers
     finally:
         for handle in handles:
             handle.remove()
+        for release in releases:
+            release()
 
 
 def _publish_observer(attention: nn.Module, observer: Callable[[torch.Tensor, torch.Tensor, int], None]) -> list:

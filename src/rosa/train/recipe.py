@@ -143,8 +143,8 @@ def check_model(model: torch.nn.Module, config: ExperimentConfig, example: dict[
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             model(**batch)
-    except RoSAError:
-        raise
+    except (RoSAError, torch.OutOfMemoryError):
+        raise  # already one clear message / not the model's fault: the batch or the device is too small
     except Exception as err:  # a model or adapter that cannot run: say so before anything is written
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RoSAError(
@@ -168,7 +168,9 @@ def train(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fals
     is removed, or the run it replaced (``overwrite``) is moved back unchanged.
     """
     config = config.resolved()
-    run_dir = Path(config.output_dir)
+    # Resolved once: a symlinked run directory must name one lock and be moved aside as the directory
+    # it points to, never as the link.
+    run_dir = Path(config.output_dir).resolve()
     if not resume:
         check_new_run_dir(run_dir, overwrite)  # a quick answer; checked again under the lock
     check_writable(run_dir, "--output-dir")
@@ -220,7 +222,7 @@ def _train(config: ExperimentConfig, run_dir: Path, overwrite: bool, resume: boo
             _after_failure(run_dir, resume, existed, err, log)
         raise
     if args.should_save:
-        discard_replaced(run_dir)
+        discard_replaced(run_dir, log)
     return summary
 
 
@@ -274,16 +276,18 @@ def _run(config: ExperimentConfig, run_dir: Path, args: TrainingArguments, model
 
 
 def _after_failure(run_dir: Path, resume: bool, existed: bool, err: Exception, log) -> None:
-    """A run that failed with something to keep stays (and replaces the previous one for good); a new
-    one that failed before is undone, so the same command (corrected) can run again. A resumed run is
-    left as it was (it was a run before this command). Kills and Ctrl-C never get here: they leave the
-    directory as it is, for ``--resume``."""
+    """A run that failed with something to keep (a checkpoint) stays for ``--resume``, and the run it
+    replaced stays aside until a new run finishes; a new one that failed before is undone, so the same
+    command (corrected) can run again. A resumed run is left as it was (it was a run before this
+    command). Kills and Ctrl-C never get here: they leave the directory as it is, for ``--resume``."""
+    replaced = replaced_path(run_dir).exists()
     if has_something_to_keep(run_dir):
-        discard_replaced(run_dir)
+        if replaced and isinstance(err, RoSAError) and err.args and isinstance(err.args[0], str):
+            err.args = (f"{err.args[0]} The previous run is kept in {replaced_path(run_dir)} until a new run in "
+                        f"{run_dir} finishes; move it back to restore it.", *err.args[1:])
         return
     if resume:
         return
-    replaced = replaced_path(run_dir).exists()
     try:
         put_back(run_dir, existed)
     except OSError as cleanup:
@@ -328,7 +332,7 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, budget: dict | Non
         prepare_resume(run_dir, checkpoint)
     else:
         if overwrite and (replaced_path(run_dir).exists() or (run_dir.is_dir() and any(run_dir.iterdir()))):
-            # kept aside until the new run has something to keep (see _after_failure and settle_replacement)
+            # kept aside until the new run finishes (see _after_failure and settle_replacement)
             move_aside(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if budget is not None:

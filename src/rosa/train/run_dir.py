@@ -13,10 +13,10 @@ Run directory layout::
 
 One writer at a time: ``rosa train`` holds the directory's lock (:mod:`rosa.locking`) from before its
 checks until it ends. ``--overwrite`` moves the previous run aside, to ``.NAME.replaced`` beside the
-directory, and deletes it only once the new run has something to keep (a published checkpoint, or
-``run.json``); a new run that fails before that is removed and the previous one is moved back. A
-replacement killed before that point leaves both; the next ``rosa train`` on the directory sorts them
-out (:func:`settle_replacement`).
+directory, and deletes it only once the new run has finished (``run.json``); a new run that fails
+before its first checkpoint is removed and the previous one is moved back, and one that fails or is
+killed later leaves both (the new one for ``--resume``); the next ``rosa train`` on the directory sorts
+them out (:func:`settle_replacement`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def check_new_run_dir(path: Path, overwrite: bool) -> None:
 
 
 def replaced_path(run_dir: Path) -> Path:
-    """Where ``--overwrite`` keeps the previous run until the new one has something to keep."""
+    """Where ``--overwrite`` keeps the previous run until the new one finishes."""
     run_dir = Path(os.path.abspath(run_dir))
     return run_dir.with_name(f".{run_dir.name}.replaced")
 
@@ -67,16 +67,16 @@ def has_something_to_keep(run_dir: Path) -> bool:
 
 
 def settle_replacement(run_dir: Path, log=print) -> None:
-    """Finish what a replacement (``--overwrite``) killed midway left: the previous run aside, and a
-    new run. A new run with something to keep wins; one that never got to write its ``config.yaml``
-    loses (the previous run is moved back); otherwise both stay (``--resume`` continues the new run,
-    the same ``--overwrite`` starts it again, and the previous run waits aside until either has
-    something to keep). Called with the directory's lock held."""
+    """Finish what a replacement (``--overwrite``) stopped midway left: the previous run aside, and a
+    new run. A new run that finished wins; one that never got to write its ``config.yaml`` loses (the
+    previous run is moved back); otherwise both stay (``--resume`` continues the new run, the same
+    ``--overwrite`` starts it again, and the previous run waits aside until a new run finishes: a run
+    that can still fail never costs the finished one). Called with the directory's lock held."""
     aside = replaced_path(run_dir)
     if not aside.exists():
         return
-    if has_something_to_keep(run_dir):
-        shutil.rmtree(aside)
+    if (run_dir / RUN_SUMMARY).is_file():
+        discard_replaced(run_dir, log)
     elif not (run_dir / CONFIG_FILE).is_file():
         if run_dir.exists():
             shutil.rmtree(run_dir)
@@ -105,9 +105,12 @@ def put_back(run_dir: Path, existed: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def discard_replaced(run_dir: Path) -> None:
-    """The new run has something to keep: the one it replaced is deleted."""
-    shutil.rmtree(replaced_path(run_dir), ignore_errors=True)
+def discard_replaced(run_dir: Path, log=print) -> None:
+    """The new run finished: the one it replaced is deleted."""
+    aside = replaced_path(run_dir)
+    if aside.exists():
+        shutil.rmtree(aside)
+        log(f"{run_dir} replaced the previous run, which was kept in {aside} until now")
 
 
 def remove_run(run_dir: Path) -> None:
