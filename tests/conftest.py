@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ROSA_SHARED_DIR", REPO.parent / "shared"))
 STORIES = SHARED / "models" / "stories260K-hf"
 TINYSTORIES = SHARED / "models" / "TinyStories-656K"
+SMOLLM2_GGUF = SHARED / "models" / "SmolLM2-135M-Instruct-GGUF" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DATA = SHARED / "data" / "llm-adapters"
 
 VOCAB = 97
@@ -74,3 +75,11 @@ def require(path: Path) -> Path:
 @pytest.fixture
 def tokens():
     return torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_rosa_cache(tmp_path_factory):
+    """Keep the suite's GGUF conversions (and any attempt at one) out of the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROSA_CACHE_DIR", str(tmp_path_factory.mktemp("rosa-cache")))
+        yield

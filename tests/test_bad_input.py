@@ -256,6 +256,12 @@ def locked(tmp_path):
     return tmp_path
 
 
+def several_gguf(tmp_path):
+    for name in ("a.gguf", "b.gguf"):
+        write(tmp_path / name, "GGUF")
+    return tmp_path
+
+
 def evaluate_run_in_training(tmp_path, assets):
     """``rosa eval`` of a finished run that another process is writing (resuming or replacing it)."""
     finished_run(tmp_path, assets)
@@ -289,6 +295,9 @@ CASES.update({
     "locked-eval-output": (lambda t, a: evaluate(locked(t), "--model", str(STORIES)),
                            ["error: evaluation directory /", f"/out {IN_USE}", "choose another --output"]),
     "locked-sweep-dir": (lambda t, a: sweep(locked(t)), ["error: sweep directory /", f"/out {IN_USE}", "choose another --output-dir"]),
+    "gguf-unreadable": (lambda t, a: train(t, model=write(t / "m.gguf", "not a gguf file")),
+                        ["cannot read", "m.gguf as a GGUF model", "does not start with the GGUF magic bytes"]),
+    "gguf-several": (lambda t, a: train(t, model=several_gguf(t)), ["holds several GGUF files (a.gguf, b.gguf); pass one of them"]),
     "locked-run-eval": (lambda t, a: evaluate_run_in_training(t, a), ["error: run directory /", f"/out {IN_USE}", "wait for its training to finish"]),
 })
 

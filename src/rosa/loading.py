@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from rosa.errors import AdapterLoadError
+from rosa.gguf import dequantised_directory, gguf_source
 from rosa.interrupt import LOADING_MODEL, during
 from rosa.serialization import CONFIG_NAME, FORMAT, WEIGHTS_NAME
 
@@ -49,7 +50,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     check_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_directory(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -64,10 +65,17 @@ def load_base_model(
 
     check_model_path(name_or_path)
     device = device or default_device()
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=resolve_dtype(precision, device), trust_remote_code=trust_remote_code
-    )
+    directory = model_directory(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=resolve_dtype(precision, device), trust_remote_code=trust_remote_code)
+    if directory != name_or_path:  # a GGUF file's cached conversion: adapters record the file it came from
+        model.config._name_or_path = str(gguf_source(name_or_path).file)
     return model.to(device)
+
+
+def model_directory(name_or_path: str) -> str:
+    """What transformers loads for ``name_or_path``: itself, or a GGUF file's cached conversion."""
+    source = gguf_source(name_or_path)
+    return name_or_path if source is None else str(dequantised_directory(source))
 
 
 def adapter_kind(path: str | os.PathLike) -> str:

@@ -22,7 +22,7 @@ def add_parser(commands, name: str) -> None:
         "heads of the query and key states right after RoPE (and after RoAE with a RoSA adapter). Writes "
         "activations.json, query_strength.png and key_strength.png.",
     )
-    activations.add_argument("--model", required=True, help="base model (directory or hub id)")
+    activations.add_argument("--model", required=True, help="base model: directory, hub id or .gguf file")
     activations.add_argument("--adapter", help="RoSA or PEFT adapter directory to put on --model")
     activations.add_argument("--prompts", default="boolq",
                              help="a data name or JSON file accepted by `rosa data` (evaluation prompt format), "

@@ -17,7 +17,7 @@ def add_parser(commands, name: str) -> None:
         "Rerunning the same command resumes an interrupted evaluation.",
     )
     parser.add_argument("run_dir", nargs="?", help="a run directory written by `rosa train`")
-    parser.add_argument("--model", help="base model (directory or hub id) when no run directory is given")
+    parser.add_argument("--model", help="base model (directory, hub id or .gguf file) when no run directory is given")
     parser.add_argument("--adapter", help="RoSA or PEFT adapter directory to put on --model")
     parser.add_argument("--output", help="eval directory (default for a run: RUN_DIR/eval/<decoding>)")
     parser.add_argument("--tasks", default="all", help="comma-separated task names and groups: commonsense, math, all")

@@ -7,7 +7,7 @@ import argparse
 
 def add_parser(commands, name: str) -> None:
     parser = commands.add_parser(name, help="show the RoAE geometry, adapter size and DLS norms of a model")
-    parser.add_argument("model", help="a local model directory or a Hugging Face model id")
+    parser.add_argument("model", help="a local model directory, a Hugging Face model id, or a .gguf file (or a directory holding one)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--r-low", type=float, default=0.25)
     parser.add_argument("--targets", default="q", help="comma-separated: q or q,k")

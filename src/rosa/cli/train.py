@@ -28,7 +28,7 @@ SHORTCUTS = {
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The experiment-configuration flags, shared by ``rosa train`` and ``rosa sweep``."""
     parser.add_argument("--config", help="YAML file with the experiment configuration")
-    parser.add_argument("--model", help="base model: local directory or Hugging Face id")
+    parser.add_argument("--model", help="base model: local directory, Hugging Face id, or a .gguf file (or a directory holding one)")
     parser.add_argument("--method", choices=METHODS, help="rosa (RoAE + DLS, default), roae, lora, dora, pissa, lora-dls")
     parser.add_argument("--data", help="a .json file or a known name (commonsense_15k, math_10k, commonsense_mix, math_mix, a task)")
     parser.add_argument("--data-dir", help="where known names resolve (else $ROSA_DATA_DIR, else ../shared/data/llm-adapters)")

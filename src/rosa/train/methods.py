@@ -50,10 +50,13 @@ def meta_model(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from rosa.gguf import gguf_config, gguf_source
     from rosa.loading import check_model_path
 
     check_model_path(name_or_path)
-    model_config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    source = gguf_source(name_or_path)
+    model_config = (AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code) if source is None
+                    else gguf_config(source, trust_remote_code))  # from the file's metadata: nothing dequantised
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
     for name, module in list(base.named_modules()):

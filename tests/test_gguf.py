@@ -1,0 +1,77 @@
+"""GGUF files as model inputs: SmolLM2-135M-Instruct (Q4_1) from ../shared, converted once per run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import SMOLLM2_GGUF, require
+from processes import HANG_GUARD
+from rosa import RoSAConfig, get_rosa_model
+from rosa.loading import load_base_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache of this module's own, set for this process and the CLI children."""
+    directory = tmp_path_factory.mktemp("rosa-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROSA_CACHE_DIR", str(directory))
+        yield directory
+
+
+@pytest.fixture(scope="module")
+def smollm2(cache):
+    return load_base_model(str(require(SMOLLM2_GGUF)), precision="fp32", device=torch.device("cpu")).eval()
+
+
+def rosa(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "rosa.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=HANG_GUARD, env=env)
+
+
+def test_the_file_is_converted_once_and_its_directory_loads_the_same_model(smollm2, cache, monkeypatch):
+    (entry,) = (cache / "gguf").iterdir()
+    assert (entry / "gguf_source.json").is_file() and (entry / "model.safetensors").is_file()
+    assert smollm2.config._name_or_path == str(SMOLLM2_GGUF)  # what an adapter records as its base
+    conversions = []
+    original = AutoModelForCausalLM.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        conversions.append(kwargs.get("gguf_file"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counting))
+    again = load_base_model(str(SMOLLM2_GGUF.parent), precision="fp32", device=torch.device("cpu"))
+    assert conversions == [None]  # read from the cache, nothing dequantised again
+    assert all(torch.equal(a, b) for a, b in zip(smollm2.state_dict().values(), again.state_dict().values()))
+    tokenizer = load_tokenizer(str(SMOLLM2_GGUF))
+    assert tokenizer("Hello world")["input_ids"] and tokenizer.pad_token is not None
+
+
+def test_rosa_on_smollm2_is_the_base_model_at_initialisation(smollm2):
+    tokens = torch.randint(0, smollm2.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = smollm2(tokens).logits
+    model = get_rosa_model(smollm2, RoSAConfig(targets=("q", "k")))
+    try:
+        assert model.geometry.rotary[0].rotary.query_heads == 9 and model.geometry.rotary[0].rotary.key_heads == 3
+        with torch.no_grad():
+            assert torch.equal(model(tokens).logits, expected)
+    finally:
+        model.unload()
+
+
+def test_rosa_info_reads_the_file_metadata_without_converting(tmp_path):
+    empty = tmp_path / "cache"
+    result = rosa("info", require(SMOLLM2_GGUF), env={**os.environ, "ROSA_CACHE_DIR": str(empty)})
+    assert result.returncode == 0, result.stderr
+    assert not empty.exists()  # nothing was dequantised or cached
+    lines = result.stdout.splitlines()
+    assert "model type          llama  (30 layers, hidden 576)" in lines
+    assert "  heads             9 query / 3 key (as RoPE hands them to attention)" in lines
