@@ -180,3 +180,23 @@ def test_training_batches_pad_right_and_generation_pads_left_without_changing_th
     assert batch["attention_mask"][0, 0] == 1 and batch["attention_mask"][0, -1] == 0, "right padding"
     generate_responses(base, tokenizer, prompts_of("boolq", 2), generation_config("greedy", 2, tokenizer))
     assert tokenizer.padding_side == "right"
+
+
+def test_arithmetic_text_keeps_special_tokens_as_upstream_decodes_it():
+    """Upstream's evaluate.py decodes the whole sequence with special tokens, its commonsense
+    evaluation skips them: a generation "24", BOS, "5", EOS reads 5 for arithmetic and 245 otherwise."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from rosa.eval.generation import KEEP_SPECIAL_TOKENS, scored_text
+    from rosa.eval.scoring import extract_answer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(require(STORIES)))
+    prompt = torch.tensor(tokenizer(eval_prompt("How many?", ""))["input_ids"])
+    piece = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    generated = torch.tensor([*piece("24"), tokenizer.bos_token_id, *piece("5"), tokenizer.eos_token_id, *piece("7")])
+    math = scored_text(tokenizer, prompt, generated, KEEP_SPECIAL_TOKENS["math"])
+    commonsense = scored_text(tokenizer, prompt, generated, KEEP_SPECIAL_TOKENS["commonsense"])
+    assert math.replace(" ", "") == f"24{tokenizer.bos_token}5{tokenizer.eos_token}"  # nothing after the first EOS
+    assert commonsense.replace(" ", "") == "245"  # special tokens skipped (this tokenizer puts a space between)
+    assert extract_answer("gsm8k", math) == 5.0

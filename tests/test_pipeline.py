@@ -122,7 +122,7 @@ def generated(monkeypatch):
     import rosa.eval.runner
 
     counts, original = [], rosa.eval.runner.generate_responses
-    monkeypatch.setattr(rosa.eval.runner, "generate_responses", lambda model, tokenizer, prompts, config: counts.append(len(prompts)) or original(model, tokenizer, prompts, config))
+    monkeypatch.setattr(rosa.eval.runner, "generate_responses", lambda model, tokenizer, prompts, *rest: counts.append(len(prompts)) or original(model, tokenizer, prompts, *rest))
     return counts
 
 

@@ -96,7 +96,7 @@ def _paired_arrays(ref: Sequence[bool], other: Sequence[bool]) -> tuple[np.ndarr
 
 # the evaluation settings that decide what an answer is (eval_config.json); runs that differ in one
 # answered each item under another protocol, so their per-item agreement says nothing about the models
-PROTOCOL_FIELDS = ("decoding", "max_new_tokens", "prompt")
+PROTOCOL_FIELDS = ("decoding", "max_new_tokens", "keep_special_tokens", "prompt")
 
 
 def check_paired(ref: EvalResult, other: EvalResult) -> None:

@@ -26,6 +26,10 @@ from rosa.data.prompts import response_of
 # sets do_sample, so its decoding is deterministic 4-beam search; the sampling knobs are inert.
 DECODINGS = {"beam4": {"num_beams": 4}, "greedy": {"num_beams": 1}}
 MAX_NEW_TOKENS = {"commonsense": 32, "math": 256}
+# Upstream scores different text per family: commonsense_evaluate.py decodes with
+# skip_special_tokens=True, evaluate.py (arithmetic) with plain tokenizer.decode(sequence), which keeps
+# special tokens and the final EOS. A generation "24<s>5" therefore reads 5 upstream, not 245.
+KEEP_SPECIAL_TOKENS = {"commonsense": False, "math": True}
 
 
 def generation_config(decoding: str, max_new_tokens: int, tokenizer: Any) -> GenerationConfig:
@@ -56,8 +60,11 @@ def _prefill(model: Any, batch: dict[str, torch.Tensor], num_beams: int) -> Any:
 
 
 @torch.no_grad()
-def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[str], config: GenerationConfig) -> list[str]:
-    """The scored response of each prompt: decode prompt + generation, keep what follows the header."""
+def generate_responses(
+    model: Any, tokenizer: Any, prompts: Sequence[str], config: GenerationConfig, keep_special_tokens: bool = False
+) -> list[str]:
+    """The scored response of each prompt: decode prompt + generation, keep what follows the header
+    (special tokens included with ``keep_special_tokens``, see :data:`KEEP_SPECIAL_TOKENS`)."""
     batch = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
     device = next(model.parameters()).device
     batch = {name: tensor.to(device) for name, tensor in batch.items()}
@@ -65,11 +72,16 @@ def generate_responses(model: Any, tokenizer: Any, prompts: Sequence[str], confi
     width = batch["input_ids"].shape[1]
     responses = []
     for row, mask in enumerate(batch["attention_mask"]):
-        prompt_ids = batch["input_ids"][row][mask.bool()]
-        new_ids = sequences[row, width:]
-        stops = (new_ids == tokenizer.eos_token_id).nonzero()
-        if len(stops):
-            new_ids = new_ids[: stops[0, 0]]
-        decoded = tokenizer.decode(torch.cat([prompt_ids, new_ids]), skip_special_tokens=True)
-        responses.append(response_of(decoded))
+        responses.append(scored_text(tokenizer, batch["input_ids"][row][mask.bool()], sequences[row, width:], keep_special_tokens))
     return responses
+
+
+def scored_text(tokenizer: Any, prompt_ids: torch.Tensor, new_ids: torch.Tensor, keep_special_tokens: bool) -> str:
+    """What upstream scores for one prompt: the generation ends at its first EOS (which upstream's
+    unbatched generate() emits last; padding after it is batching's), prompt and generation are
+    decoded together, and the text after the response header is kept."""
+    stops = (new_ids == tokenizer.eos_token_id).nonzero()
+    if len(stops):
+        new_ids = new_ids[: stops[0, 0] + int(keep_special_tokens)]
+    decoded = tokenizer.decode(torch.cat([prompt_ids, new_ids]), skip_special_tokens=not keep_special_tokens)
+    return response_of(decoded)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from rosa.data import expand_tasks, load_records, task_family, task_file
 from rosa.data.prompts import eval_prompt
 from rosa.errors import DataError, RoSAError
-from rosa.eval.generation import MAX_NEW_TOKENS, generate_responses, generation_config
+from rosa.eval.generation import KEEP_SPECIAL_TOKENS, MAX_NEW_TOKENS, generate_responses, generation_config
 from rosa.eval.report import compute_metrics, results_table
 from rosa.eval.scoring import extract_answer, is_correct
 from rosa.serialization import atomic_write_bytes, atomic_write_json
@@ -56,6 +56,7 @@ def evaluate(
         "identity": identity or {"model": getattr(model.config, "_name_or_path", "")},
         "decoding": decoding,
         "max_new_tokens": MAX_NEW_TOKENS,
+        "keep_special_tokens": KEEP_SPECIAL_TOKENS,
         "prompt": "llm-adapters evaluation template",
     }
     configs = {family: generation_config(decoding, n, tokenizer) for family, n in MAX_NEW_TOKENS.items()}
@@ -75,7 +76,8 @@ def evaluate(
             pending.sort(key=lambda i: (-len(tokenizer(prompts[i])["input_ids"]), i))
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
-                texts = generate_responses(model, tokenizer, [prompts[i] for i in chunk], configs[task_family(task)])
+                family = task_family(task)
+                texts = generate_responses(model, tokenizer, [prompts[i] for i in chunk], configs[family], KEEP_SPECIAL_TOKENS[family])
                 for index, text in zip(chunk, texts):
                     line = _prediction(task, index, prompts[index], text, records[task][index]["answer"])
                     sink.write(json.dumps(line, ensure_ascii=False) + "\n")
