@@ -69,6 +69,7 @@ def load_base_model(
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=resolve_dtype(precision, device), trust_remote_code=trust_remote_code)
     if directory != name_or_path:  # a GGUF file's cached conversion: adapters record the file it came from
         model.config._name_or_path = str(gguf_source(name_or_path).file)
+        model.config.gguf_sha256 = Path(directory).name  # the cache entry is named by the file's hash
     return model.to(device)
 
 

@@ -115,7 +115,7 @@ class RoSAModel(nn.Module):
         header = {
             "rosa_version": __version__,
             "config": self.rosa_config.to_dict(),
-            "base_model": {**self.geometry.to_dict(), "name_or_path": getattr(self.config, "_name_or_path", "")},
+            "base_model": {**self.geometry.to_dict(), **_base_file(self.config), "name_or_path": getattr(self.config, "_name_or_path", "")},
             "adapted_layers": sorted(self.adapters),
         }
         save_adapter(save_directory, self.adapter_parameters(), header)
@@ -129,7 +129,9 @@ class RoSAModel(nn.Module):
         tensors = read_adapter_tensors(adapter_path)
         text = base_model.config.get_text_config()
         # The sizes first, so a foreign base is named as such before the adapter's layers are placed on it.
-        _check_same_base({k: getattr(text, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers")}, saved, adapter_path)
+        sizes = {k: getattr(text, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers")}
+        # A GGUF base is known by its file's hash; checked where both the adapter and the base have one.
+        _check_same_base({**sizes, **(_base_file(base_model.config) if "gguf_sha256" in saved else {})}, saved, adapter_path)
         model = cls(base_model, config)
         try:
             _check_same_base(model.geometry.to_dict(), saved, adapter_path)
@@ -184,6 +186,12 @@ def _copy_adapter_tensors(expected: dict[str, nn.Parameter], tensors: dict[str, 
     with torch.no_grad():
         for name, parameter in expected.items():
             parameter.copy_(tensors[name])
+
+
+def _base_file(config) -> dict:
+    """``{"gguf_sha256": ...}`` for a base loaded from a GGUF file (rosa.loading records the hash), else ``{}``."""
+    digest = getattr(config, "gguf_sha256", None)
+    return {"gguf_sha256": digest} if digest else {}
 
 
 def _check_same_base(current: dict, saved: dict, adapter_path) -> None:
