@@ -10,6 +10,7 @@ reads that directory. ``--model`` may name the ``.gguf`` file or a directory hol
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -59,6 +60,14 @@ def cache_root() -> Path:
 
 
 def sha256(path: Path) -> str:
+    """The file's SHA-256, read once per process for a file unchanged since (the tokenizer and the
+    model of one command both ask, and a GGUF file can be many gigabytes)."""
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from rosa.errors import AdapterLoadError
-from rosa.gguf import dequantised_directory, gguf_source
+from rosa.gguf import GGUFSource, dequantised_directory, gguf_source
 from rosa.interrupt import LOADING_MODEL, during
 from rosa.serialization import CONFIG_NAME, FORMAT, WEIGHTS_NAME
 
@@ -50,7 +50,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     check_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_directory(name_or_path), trust_remote_code=trust_remote_code)
+    directory, _ = model_directory(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -65,18 +66,19 @@ def load_base_model(
 
     check_model_path(name_or_path)
     device = device or default_device()
-    directory = model_directory(name_or_path)
+    directory, source = model_directory(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=resolve_dtype(precision, device), trust_remote_code=trust_remote_code)
-    if directory != name_or_path:  # a GGUF file's cached conversion: adapters record the file it came from
-        model.config._name_or_path = str(gguf_source(name_or_path).file)
+    if source is not None:  # a GGUF file's cached conversion: adapters record the file it came from
+        model.config._name_or_path = str(source.file)
         model.config.gguf_sha256 = Path(directory).name  # the cache entry is named by the file's hash
     return model.to(device)
 
 
-def model_directory(name_or_path: str) -> str:
-    """What transformers loads for ``name_or_path``: itself, or a GGUF file's cached conversion."""
+def model_directory(name_or_path: str) -> tuple[str, GGUFSource | None]:
+    """What transformers loads for ``name_or_path`` (itself, or a GGUF file's cached conversion), and
+    the GGUF file when there is one."""
     source = gguf_source(name_or_path)
-    return name_or_path if source is None else str(dequantised_directory(source))
+    return (name_or_path if source is None else str(dequantised_directory(source))), source
 
 
 def adapter_kind(path: str | os.PathLike) -> str:

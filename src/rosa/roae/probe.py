@@ -76,10 +76,11 @@ def rotary_geometry(model: nn.Module) -> RotaryGeometry:
     for attention in filter(None, attentions.values()):
         rotary_hook.check_rotary_signature(attention)
     embedding = _rotary_embedding(model, stack.prefix)
+    layouts: dict[tuple, RotaryLayout] = {}  # layers that rotate alike are measured once
     layers: dict[int, LayerRotary] = {}
     for index, attention in attentions.items():
         if attention is not None:
-            layer = _probe_layer(model, index, attention, embedding)
+            layer = _probe_layer(model, index, attention, embedding, layouts)
             if layer is not None:
                 layers[index] = layer
     if not layers:
@@ -89,10 +90,12 @@ def rotary_geometry(model: nn.Module) -> RotaryGeometry:
     return RotaryGeometry(layers, tuple(i for i in range(len(stack)) if i not in layers))
 
 
-def _rotary_buffers(module: nn.Module) -> list[str]:
+def rotary_buffers(module: nn.Module) -> list[str]:
+    """Names of ``module``'s own rotary frequency buffers: ``inv_freq``, or ``<layer type>_inv_freq``
+    for a per-layer-type embedding (Gemma 3, OLMo 3); the ``original`` copies are left out."""
     return [
         name for name, buffer in module.named_buffers(recurse=False)
-        if (name == "inv_freq" or name.endswith("_inv_freq")) and not name.startswith("original") and buffer.ndim == 1
+        if (name == "inv_freq" or name.endswith("_inv_freq")) and "original" not in name and buffer.ndim == 1
     ]
 
 
@@ -100,14 +103,21 @@ def _rotary_embedding(model: nn.Module, stack_prefix: str) -> nn.Module:
     """The model's rotary embedding: the one module outside the decoder blocks with frequency buffers."""
     found = [
         (name, module) for name, module in model.named_modules()
-        if _rotary_buffers(module) and not name.startswith(f"{stack_prefix}.")
+        if rotary_buffers(module) and not name.startswith(f"{stack_prefix}.")
     ]
     if len(found) != 1:
         raise UnsupportedModelError(
             f"RoAE expects one rotary embedding outside the decoder layers, found {[n for n, _ in found] or 'none'}; "
             "it cannot tell which one feeds which layer, so this model is not supported."
         )
-    return found[0][1]
+    name, embedding = found[0]
+    if _device(embedding).type == "meta":  # real even for a meta model (see train.methods.meta_model)
+        raise UnsupportedModelError(f"the rotary embedding {name} has no values (meta device); rebuild it on a real device.")
+    return embedding
+
+
+def _device(embedding: nn.Module) -> torch.device:
+    return next(iter(embedding.buffers())).device
 
 
 def _layer_type(model: nn.Module, embedding: nn.Module, index: int) -> str | None:
@@ -127,16 +137,16 @@ def _embed(embedding: nn.Module, x: torch.Tensor, positions: list[int], layer_ty
     return embedding(x, position_ids, layer_type=layer_type)
 
 
-def _probe_layer(model: nn.Module, index: int, attention: nn.Module, embedding: nn.Module) -> LayerRotary | None:
+def _probe_layer(
+    model: nn.Module, index: int, attention: nn.Module, embedding: nn.Module, layouts: dict[tuple, RotaryLayout]
+) -> LayerRotary | None:
     config = text_config(model)
     layer_type = _layer_type(model, embedding, index)
     parameter = next(attention.parameters())
     hidden = torch.zeros(1, 2, config.hidden_size, device=parameter.device, dtype=model.dtype)
-    device = next(iter(embedding.buffers())).device  # real even for a meta model (see train.methods.meta_model)
+    device = _device(embedding)
     where = f"layer {index} ({type(attention).__name__})"
-    if device.type == "meta":
-        raise UnsupportedModelError(f"{where}: the rotary embedding has no values (meta device); rebuild it on a real device.")
-    if layer_type is not None and f"{layer_type}_inv_freq" not in _rotary_buffers(embedding):
+    if layer_type is not None and f"{layer_type}_inv_freq" not in rotary_buffers(embedding):
         position_embeddings = None  # a layer type without rotary parameters gets none (Beam's full attention)
     else:
         # Computed where the embedding's frequencies live (dynamic and LongRoPE updates read them), then
@@ -165,7 +175,10 @@ def _probe_layer(model: nn.Module, index: int, attention: nn.Module, embedding: 
     def rotate(states, cos, sin):
         return function(states, states, cos, sin, **call.options)[0]
 
-    layout = measure_layout(rotate, dim, call.heads_axis, cos_sin_at, where)
+    key = (function, dim, call.heads_axis, layer_type, repr(sorted(call.options.items())))
+    if key not in layouts:
+        layouts[key] = measure_layout(rotate, dim, call.heads_axis, cos_sin_at, where)
+    layout = layouts[key]
     return LayerRotary(
         function=call.function,
         query_heads=call.query_shape[call.heads_axis],

@@ -52,6 +52,7 @@ def meta_model(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
 
     from rosa.gguf import gguf_config, gguf_source
     from rosa.loading import check_model_path
+    from rosa.roae.probe import rotary_buffers
 
     check_model_path(name_or_path)
     source = gguf_source(name_or_path)
@@ -60,7 +61,7 @@ def meta_model(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
     for name, module in list(base.named_modules()):
-        if any(b.is_meta and (n == "inv_freq" or n.endswith("_inv_freq")) for n, b in module.named_buffers(recurse=False)):
+        if any(getattr(module, name).is_meta for name in rotary_buffers(module)):
             parent, _, child = name.rpartition(".")
             base.get_submodule(parent).register_module(child, type(module)(module.config))
     return base
