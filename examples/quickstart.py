@@ -1,5 +1,9 @@
 """The Python API in a few lines: wrap a causal LM, train RoAE with DLS in your own loop, save, reload.
 
+RoSA is a PEFT method: `get_rosa_model` is `peft.get_peft_model`, the model it returns is a
+`PeftModel`, and the saved adapter is PEFT's (`adapter_config.json` + `adapter_model.safetensors`),
+loaded back with `PeftModel.from_pretrained` once `rosa` is imported.
+
 `rosa train` / `rosa eval` run the whole pipeline; this script shows the pieces underneath. It runs on
 CPU in seconds with the project's tiny pretrained Llama and BoolQ training records; pass --model /
 --data for your own (any RoPE causal LM, any LLM-Adapters-format JSON file).
@@ -12,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
-from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, RoSAModel, get_rosa_model
+from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, get_rosa_model
 from rosa.data import load_records
 from rosa.data.prompts import eval_prompt, tokenize_for_training
 from rosa.loading import load_tokenizer
@@ -37,7 +42,7 @@ def main() -> None:
     torch.manual_seed(0)
     tokenizer = load_tokenizer(args.model)
     records = load_records(args.data)[: args.steps * args.batch_size]
-    examples = [tokenize_for_training(r, tokenizer, cutoff_len=256) for r in records]
+    examples = [tokenize_for_training(r, tokenizer, cutoff_len=512) for r in records]
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt")
 
     model = get_rosa_model(AutoModelForCausalLM.from_pretrained(args.model), RoSAConfig(rank=8, targets=("q", "k")))
@@ -60,7 +65,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as adapter_dir:
         model.save_pretrained(adapter_dir)
-        reloaded = RoSAModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.model), adapter_dir)
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.model), adapter_dir)
     prompt = tokenizer([eval_prompt(records[0]["instruction"])], return_tensors="pt")
     output = reloaded.generate(**prompt, max_new_tokens=8, do_sample=False)
     print("generation after save/load:", repr(tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])))

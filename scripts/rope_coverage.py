@@ -251,9 +251,10 @@ def expected_low_dims(model, tokens, layer_states) -> dict[int, set[int]]:
 def _randomize(model) -> None:
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for adapter in model.adapters.values():
-            for signal in adapter.signals.values():
-                signal.B.weight.copy_(torch.randn(signal.B.weight.shape, generator=generator))
+        for adapter in model.roae_adapters().values():
+            for name, weight in adapter.named_parameters():
+                if name.endswith("_B"):
+                    weight.copy_(torch.randn(weight.shape, generator=generator))
 
 
 # Families whose rotary embedding ignores its frequency buffers (it recomputes them from the config on
@@ -303,8 +304,8 @@ def _checked(family, model, mixed, logits, tokens, low_dims) -> Coverage:
         expected = {layer: set(low_dims) for layer, (query, _) in before.items() if _varies_with_position(query)} if low_dims else {}
     _randomize(model)
     after = _states(model, tokens)
-    if expected and sorted(model.adapters) != sorted(expected):
-        failures.append(f"adapted layers {sorted(model.adapters)}, RoPE layers {sorted(expected)}")
+    if expected and sorted(model.roae_adapters()) != sorted(expected):
+        failures.append(f"adapted layers {sorted(model.roae_adapters())}, RoPE layers {sorted(expected)}")
     for layer, dims in expected.items():
         for name, old, new in zip("qk", before[layer], after[layer]):
             if not old.any():

@@ -61,9 +61,10 @@ def randomize_adapters(model, std: float = 0.5, seed: int = 1) -> None:
     """Give every RoAE B a non-zero value so the adapter changes the model."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for adapter in model.adapters.values():
-            for signal in adapter.signals.values():
-                signal.B.weight.copy_(torch.randn(signal.B.weight.shape, generator=generator) * std)
+        for adapter in model.roae_adapters().values():
+            for name, weight in adapter.named_parameters():
+                if name.endswith("_B"):
+                    weight.copy_(torch.randn(weight.shape, generator=generator) * std)
 
 
 def require(path: Path) -> Path:
@@ -83,3 +84,33 @@ def private_rosa_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROSA_CACHE_DIR", str(tmp_path_factory.mktemp("rosa-cache")))
         yield
+
+
+class RealModel:
+    """SmolLM2-135M-Instruct (a real 135M Llama) from its GGUF file, dequantised once per test session.
+
+    ``base(precision)`` is a fresh, independent base model on every call, re-read from the session's
+    cached conversion: that takes a fraction of a second (``copy.deepcopy`` of a loaded model takes
+    longer), so a test may attach adapters to it, train it or unload it without affecting another.
+    """
+
+    def __init__(self, file: Path, cache: Path):
+        from rosa.loading import load_tokenizer
+
+        self.file, self.cache = file, cache
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("ROSA_CACHE_DIR", str(cache))
+            self.tokenizer = load_tokenizer(str(file))  # converts the file: the session's one ~20 s conversion
+
+    def base(self, precision: str = "fp32"):
+        from rosa.loading import load_base_model
+
+        with pytest.MonkeyPatch.context() as patch:  # this session's cache, even where a module set its own
+            patch.setenv("ROSA_CACHE_DIR", str(self.cache))
+            return load_base_model(str(self.file), precision=precision, device=torch.device("cpu")).eval()
+
+
+@pytest.fixture(scope="session")
+def real_smollm2(private_rosa_cache) -> RealModel:
+    """The real model's tokenizer and fresh fp32 / bf16 base models (see :class:`RealModel`)."""
+    return RealModel(require(SMOLLM2_GGUF), Path(os.environ["ROSA_CACHE_DIR"]))

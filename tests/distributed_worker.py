@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from rosa.dls.callback import DLSCallback
@@ -18,7 +19,8 @@ class RecordingTrainer(recipe.RoSATrainer):
         result = super().train(*args, **kwargs)
         record, rank = Path(os.environ["ROSA_TEST_RECORD"]), self.args.process_index
         model = self.accelerator.unwrap_model(self.model)
-        save_file({k: v.detach().contiguous() for k, v in model.adapter_parameters().items()}, record / f"rank{rank}.safetensors")
+        tensors = get_peft_model_state_dict(model)  # keyed as the saved adapter_model.safetensors is
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, record / f"rank{rank}.safetensors")
         dls = next(c for c in self.callback_handler.callbacks if isinstance(c, DLSCallback))
         (record / f"rank{rank}.json").write_text(json.dumps({"world_size": self.args.world_size, "history": dls.selector.history}))
         return result

@@ -51,7 +51,7 @@ KINDS = ("start-up", "mid-step", "mid-save")
 # the documented files that say what a run directory holds (docs/reliability.md)
 CONFIG, SUMMARY = "config.yaml", "run.json"
 # where a child is held (tests/processes.py): the recipe function that first writes into the run directory,
-# the training step, and torch.save (the Trainer's optimizer, scheduler and RNG files)
+# the training step, and torch.save (the Trainer's training arguments, optimizer, scheduler and RNG files)
 PREPARE_RUN_DIR = "rosa.train.recipe._prepare_run_dir"
 TRAINING_STEP = "rosa.train.trainer.RoSATrainer:training_step"
 

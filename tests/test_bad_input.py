@@ -123,16 +123,17 @@ def test_bad_input_is_refused_with_a_message_and_nothing_on_disk_changes(case, t
 
 
 def full_disk(monkeypatch, where, writer):
-    """Make the writes whose path contains ``where`` fail as a full disk does: rosa's adapter writer
-    with ENOSPC, or torch.save (the Trainer's optimizer state) with the RuntimeError torch raises."""
-    import rosa.model
+    """Make the writes whose path contains ``where`` fail as a full disk does: PEFT's adapter weights
+    writer (safetensors' save_file, as peft.peft_model calls it) with ENOSPC, or torch.save (the
+    Trainer's optimizer state) with the RuntimeError torch raises."""
+    import peft.peft_model
 
-    original_adapter, original_save = rosa.model.save_adapter, torch.save
+    original_adapter, original_save = peft.peft_model.safe_save_file, torch.save
 
-    def save_adapter(directory, *args, **kwargs):
-        if where in str(directory):
-            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
-        return original_adapter(directory, *args, **kwargs)
+    def safe_save_file(tensors, filename, *args, **kwargs):
+        if where in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        return original_adapter(tensors, filename, *args, **kwargs)
 
     def save(obj, path, *args, **kwargs):
         if where in str(path) and str(path).endswith("optimizer.pt"):
@@ -140,7 +141,7 @@ def full_disk(monkeypatch, where, writer):
         return original_save(obj, path, *args, **kwargs)
 
     if writer == "adapter":
-        monkeypatch.setattr(rosa.model, "save_adapter", save_adapter)
+        monkeypatch.setattr(peft.peft_model, "safe_save_file", safe_save_file)
     else:
         monkeypatch.setattr(torch, "save", save)
 
@@ -225,6 +226,7 @@ import time  # noqa: E402
 import processes  # noqa: E402
 from rosa import RoSAConfig, RoSAConfigError, get_rosa_model  # noqa: E402
 from rosa.locking import DirectoryLockedError, directory_lock, lock_path  # noqa: E402
+from rosa.roae.attention import RoSALayer  # noqa: E402
 from rosa.train.recipe import _logged_mean_loss  # noqa: E402
 
 HELD_LOCKS: list[int] = []
@@ -306,7 +308,8 @@ def test_duplicate_layers_are_refused_by_the_config_before_any_module_is_added(t
     base = T.LlamaForCausalLM.from_pretrained(str(STORIES))
     with pytest.raises(RoSAConfigError, match=r"layers has duplicates: \[1, 1\] names layer\(s\) \[1\] more than once"):
         get_rosa_model(base, RoSAConfig(layers=(1, 1)))
-    assert not any(hasattr(module, "roae") or hasattr(module, "_rosa_unwrapped_forward") for module in base.modules())
+    assert not any(isinstance(module, RoSALayer) for module in base.modules())
+    assert not any("rosa_roae" in name for name, _ in base.named_parameters()) and not hasattr(base, "peft_config")
 
 
 def test_run_json_is_strict_json_and_a_run_without_logged_loss_reports_none(assets):

@@ -63,7 +63,7 @@ def test_every_process_makes_the_same_selections_and_ends_with_identical_weights
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     # process 0 saved the run, and what it saved is what every process holds
     saved = load_file(tmp_path / "double" / "adapter" / "adapter_model.safetensors")
-    assert all(torch.equal(saved[k], weights[0][k]) for k in saved)
+    assert saved.keys() == weights[0].keys() and all(torch.equal(saved[k], weights[0][k]) for k in saved)
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):

@@ -18,6 +18,13 @@ def rosa_model(seed: int = 0):
     return get_rosa_model(tiny_model("llama", seed=seed, num_hidden_layers=N_LAYERS), RoSAConfig(init_seed=seed)).train()
 
 
+def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """Every RoAE parameter by name (``...self_attn.rosa_roae.default.q_A``)."""
+    named = {n: p for n, p in model.named_parameters() if "rosa_roae" in n}
+    assert len(named) == 2 * N_LAYERS  # q_A, q_B per layer
+    return named
+
+
 def batch(step: int, size: int = 4):
     return torch.randint(3, 97, (size, 10), generator=torch.Generator().manual_seed(1000 + step))
 
@@ -116,7 +123,7 @@ def test_freeze_truncates_backward_below_the_lowest_selected_layer():
     needs_grad = {}
     hooks = [
         layer.register_forward_hook(lambda m, a, out, i=i: needs_grad.__setitem__(i, out[0].requires_grad if isinstance(out, tuple) else out.requires_grad))
-        for i, layer in enumerate(model.base_model.model.layers)
+        for i, layer in enumerate(model.get_base_model().model.layers)
     ]
     tokens = batch(1)
     model(tokens, labels=tokens).loss.backward()  # step 1: not a scoring step
@@ -199,13 +206,13 @@ def test_state_dict_resume_continues_exactly_like_an_uninterrupted_run():
         optimizer = adamw(model)
         if selector_state is not None:
             with torch.no_grad():
-                for name, tensor in model.adapter_parameters().items():
+                for name, tensor in adapter_parameters(model).items():
                     tensor.copy_(model_state[name])
             optimizer.load_state_dict(optimizer_state)
             selector.load_state_dict(json.loads(json.dumps(selector_state)))
         for step in range(start, steps):
             train_step(model, selector, optimizer, step)
-        weights = {n: p.detach().clone() for n, p in model.adapter_parameters().items()}
+        weights = {n: p.detach().clone() for n, p in adapter_parameters(model).items()}
         return selector, weights, optimizer
 
     full, full_weights, _ = run(12)
@@ -260,7 +267,7 @@ def test_freeze_mode_under_gradient_checkpointing_matches_plain_training():
         optimizer = adamw(model)
         for step in range(6):
             train_step(model, selector, optimizer, step)
-        return selector.history, {n: p.detach().clone() for n, p in model.adapter_parameters().items()}
+        return selector.history, {n: p.detach().clone() for n, p in adapter_parameters(model).items()}
 
     plain_history, plain_weights = run(False)
     checkpointed_history, checkpointed_weights = run(True)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
 from conftest import DATA, STORIES, require
-from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, RoSAModel, get_rosa_model
+from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, get_rosa_model
 from rosa.data import load_records
 from rosa.data.prompts import tokenize_for_training
 from rosa.loading import load_tokenizer
@@ -41,14 +42,16 @@ def test_rosa_with_dls_trains_a_real_model_and_round_trips(tmp_path):
     print(f"mean loss, first 12 steps {first_epoch:.3f}, last 12 steps {last_epoch:.3f}")
     assert last_epoch < first_epoch - 0.2, (first_epoch, last_epoch)
     assert len(selector.history) == 4 and all(len(r["selected"]) == 3 for r in selector.history)
-    current = base.state_dict()
+    # PEFT keeps each wrapped attention block as the RoSALayer's base_layer, beside the adapter (rosa_roae)
+    current = {n.replace(".base_layer.", "."): t for n, t in base.state_dict().items() if ".rosa_roae." not in n}
+    assert current.keys() == base_state.keys()
     assert all(torch.equal(current[n], t) for n, t in base_state.items()), "base weights must not change"
 
     model.eval()
     prompt = tokenizer(["Please answer the following question with true or false"], return_tensors="pt")
     before = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     model.save_pretrained(tmp_path)
-    reloaded = RoSAModel.from_pretrained(AutoModelForCausalLM.from_pretrained(STORIES), tmp_path)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(STORIES), tmp_path)
     after = reloaded.generate(**prompt, max_new_tokens=12, do_sample=False)
     assert after.shape[1] == prompt["input_ids"].shape[1] + 12
     assert torch.equal(after, before)

@@ -11,16 +11,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-from conftest import DATA, STORIES, require  # noqa: E402
+from conftest import DATA, STORIES, require, tiny_model  # noqa: E402
+from rosa import RoSAConfig, get_rosa_model  # noqa: E402
 from rosa.cli import main as rosa_main  # noqa: E402
 from rosa.serialization import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_png,
     current_umask,
-    save_adapter,
     staged_directory,
 )
 
@@ -49,14 +48,15 @@ def test_atomic_files_and_staged_directories_follow_the_umask(tmp_path, umask):
     private.write_text("old")
     private.chmod(0o600)  # as an earlier rosa left it: rewriting gives the umask's mode
     atomic_write_bytes(private, b"new")
-    with staged_directory(tmp_path / "adapter") as staged:
+    model = get_rosa_model(tiny_model("llama"), RoSAConfig(rank=2))
+    with staged_directory(tmp_path / "adapter") as staged:  # as `rosa train` saves its final adapter
         assert mode(staged) == dir_mode
-        save_adapter(staged, {"layers.0.q.A.weight": torch.zeros(2, 2)}, {"config": {}})
+        model.save_pretrained(str(staged))
 
     found = {p.name: mode(p) for p in tmp_path.rglob("*")}
     assert found == {
         "results.csv": file_mode, "metrics.json": file_mode, "plot.png": file_mode, "config.yaml": file_mode,
-        "adapter": dir_mode, "adapter_model.safetensors": file_mode, "adapter_config.json": file_mode,
+        "adapter": dir_mode, "adapter_model.safetensors": file_mode, "adapter_config.json": file_mode, "README.md": file_mode,
     }
 
 

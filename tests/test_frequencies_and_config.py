@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from peft import PeftConfig
 
 from conftest import tiny_model
 from rosa import DLSConfig, RoSAConfig, RoSAConfigError, get_rosa_model
@@ -148,8 +151,15 @@ def test_layer_out_of_range_is_refused():
         get_rosa_model(tiny_model("llama"), RoSAConfig(layers=(0, 5)))
 
 
-def test_config_round_trips_through_a_dict():
+def test_config_round_trips_through_its_settings_and_peft_files(tmp_path):
     config = RoSAConfig(rank=4, targets=("q", "k"), layers=(1, 2))
-    assert RoSAConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(RoSAConfigError, match="unknown field"):
-        RoSAConfig.from_dict({**config.to_dict(), "lora_alpha": 16})
+    settings = config.settings()
+    assert settings == {"rank": 4, "alpha": 1.0, "r_low": 0.25, "targets": ["q", "k"], "layers": [1, 2],
+                        "adapter_dtype": "float32", "init_seed": None}
+    assert json.loads(json.dumps(settings)) == settings  # plain values
+    assert RoSAConfig(**settings) == config
+    assert RoSAConfig.from_peft_type(**config.to_dict()) == config  # PEFT's dict: every field, bookkeeping too
+    config.save_pretrained(tmp_path)
+    assert PeftConfig.from_pretrained(tmp_path) == config
+    with pytest.raises(TypeError, match="lora_alpha"):
+        RoSAConfig(**{**settings, "lora_alpha": 16})

@@ -80,18 +80,23 @@ def test_rosa_info_reads_the_file_metadata_without_converting(tmp_path):
 def test_an_adapter_records_the_gguf_file_it_was_trained_on_and_refuses_another(smollm2, tmp_path):
     import json
 
-    from rosa import AdapterLoadError, RoSAModel
+    from peft import PeftModel
+
+    from rosa import AdapterLoadError
+    from rosa.roae.attention import RoSALayer
 
     model = get_rosa_model(smollm2, RoSAConfig())
     try:
-        model.save_pretrained(tmp_path)
+        model.save_pretrained(str(tmp_path))
     finally:
         model.unload()
     header = json.loads((tmp_path / "adapter_config.json").read_text())
-    digest = header["base_model"]["gguf_sha256"]
-    assert len(digest) == 64 and header["base_model"]["name_or_path"] == str(SMOLLM2_GGUF.resolve())
-    RoSAModel.from_pretrained(smollm2, tmp_path).unload()  # its own base: accepted
-    header["base_model"]["gguf_sha256"] = "0" * 64
+    digest = header["base_geometry"]["gguf_sha256"]
+    assert header["peft_type"] == "ROSA"
+    assert len(digest) == 64 and header["base_model_name_or_path"] == str(SMOLLM2_GGUF.resolve())
+    PeftModel.from_pretrained(smollm2, str(tmp_path)).unload()  # its own base: accepted
+    header["base_geometry"]["gguf_sha256"] = "0" * 64
     (tmp_path / "adapter_config.json").write_text(json.dumps(header))
     with pytest.raises(AdapterLoadError, match=f"made for another base model \\(gguf_sha256: adapter '0{{64}}' vs base '{digest}'"):
-        RoSAModel.from_pretrained(smollm2, tmp_path)
+        PeftModel.from_pretrained(smollm2, str(tmp_path))
+    assert not any(isinstance(module, RoSALayer) for module in smollm2.modules())  # refused before any was attached

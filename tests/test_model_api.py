@@ -1,12 +1,19 @@
-"""RoSAModel behaves like the model it wraps (PEFT-style API), in fp32, bf16 and fp16."""
+"""The RoSA PeftModel behaves like the model it wraps (PEFT's API), in fp32, bf16 and fp16."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from peft import PeftModel
+
 from conftest import randomize_adapters, tiny_model
-from rosa import RoSAConfig, RoSAModel, get_rosa_model
+from rosa import RoSAConfig, get_rosa_model
+
+
+def _adapter_parameters(model) -> list[torch.nn.Parameter]:
+    """Every RoAE parameter of the active adapter."""
+    return [p for adapter in model.roae_adapters().values() for p in adapter.parameters()]
 
 
 def test_print_trainable_parameters_uses_the_peft_format(capsys):
@@ -25,8 +32,9 @@ def test_base_is_frozen_and_attributes_reach_it(tokens):
     model = get_rosa_model(base)
     assert model.config is base.config
     assert model.get_input_embeddings() is base.get_input_embeddings()
-    assert all(not p.requires_grad for n, p in model.named_parameters() if ".roae." not in n)
-    assert all(p.requires_grad for n, p in model.named_parameters() if ".roae." in n)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "rosa_roae" not in n)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "rosa_roae" in n)
+    assert sum("rosa_roae" in n for n, _ in model.named_parameters()) == 6  # 3 layers x q x (A, B)
     model.train()
     assert base.training
     model.eval()
@@ -99,7 +107,7 @@ def test_half_precision_base_keeps_fp32_adapter_math(dtype, tokens):
     with torch.no_grad():
         expected = base(tokens).logits
     model = get_rosa_model(base, RoSAConfig(targets=("q", "k")))
-    assert {p.dtype for p in model.adapter_parameters().values()} == {torch.float32}
+    assert {p.dtype for p in _adapter_parameters(model)} == {torch.float32}
     with torch.no_grad():
         assert torch.equal(model(tokens).logits, expected), "identity at init must hold in half precision"
     randomize_adapters(model, std=0.1)
@@ -107,20 +115,21 @@ def test_half_precision_base_keeps_fp32_adapter_math(dtype, tokens):
     out = model(tokens, labels=tokens)
     assert out.logits.dtype == dtype
     out.loss.backward()
-    grads = [p.grad for p in model.adapter_parameters().values()]
+    grads = [p.grad for p in _adapter_parameters(model)]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
 def test_adapter_dtype_auto_follows_the_base(tokens):
     model = get_rosa_model(tiny_model("llama", dtype=torch.bfloat16), RoSAConfig(adapter_dtype="auto"))
-    assert {p.dtype for p in model.adapter_parameters().values()} == {torch.bfloat16}
+    assert {p.dtype for p in _adapter_parameters(model)} == {torch.bfloat16}
 
 
 def test_from_pretrained_is_trainable_on_request(tmp_path):
     get_rosa_model(tiny_model("llama")).save_pretrained(tmp_path)
-    model = RoSAModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)
-    assert all(p.requires_grad for p in model.adapter_parameters().values())
+    model = PeftModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)
+    parameters = _adapter_parameters(model)
+    assert len(parameters) == 6 and all(p.requires_grad for p in parameters)
 
 
 def test_nope_layers_are_left_out_and_reported(tokens):
@@ -131,7 +140,7 @@ def test_nope_layers_are_left_out_and_reported(tokens):
         num_key_value_heads=2, no_rope_layers=[1, 0, 1], pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
     model = get_rosa_model(T.AutoModelForCausalLM.from_config(config).eval())
-    assert sorted(model.adapters) == [0, 2] and model.nope_layers == [1]
+    assert sorted(model.roae_adapters()) == [0, 2] and model.nope_layers == [1]
     randomize_adapters(model)
     with torch.no_grad():
         model(tokens)  # every adapted block applied RoPE, so no adapter was silently skipped
@@ -141,7 +150,7 @@ def test_a_failing_forward_leaves_no_adapter_active(tokens):
     from rosa.roae.rotary_hook import _ACTIVE
 
     model = get_rosa_model(tiny_model("llama"))
-    attention = model.base_model.model.layers[0].self_attn
+    attention = model.get_base_model().model.layers[0].self_attn
     with pytest.raises(Exception):
         attention(hidden_states=torch.zeros(1, 4, 64), position_embeddings=None, attention_mask=None)
     assert _ACTIVE.get() is None

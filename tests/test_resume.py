@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import peft
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,8 +13,7 @@ from safetensors.torch import load_file
 import processes
 from conftest import DATA, STORIES, require
 from rosa.cli import main as rosa_main
-from rosa.loading import load_base_model
-from rosa.model import RoSAModel
+from rosa.loading import load_adapter, load_base_model
 from rosa.train.trainer import RoSATrainer
 
 STEPS = 12
@@ -68,9 +68,11 @@ def test_a_run_killed_mid_training_resumes_to_a_bit_identical_adapter_and_dls_hi
 
 # (where the child is held: once the first such write has returned, what exists then, what must not exist yet)
 SAVES = {
-    "checkpoint": (processes.Hold("torch.save", needle=".checkpoint-6.partial", after=True),
+    # the Trainer's torch.save of the optimizer state (after its adapter and training_args.bin), before the scheduler's
+    "checkpoint": (processes.Hold("torch.save", needle=".checkpoint-6.partial/checkpoint-6/optimizer.pt", after=True),
                    ".checkpoint-6.partial/checkpoint-6/optimizer.pt", "checkpoint-6"),
-    "final adapter": (processes.Hold("rosa.model.save_adapter", needle=".adapter.partial", after=True),
+    # PEFT writes the adapter weights with safetensors' save_file, imported into peft.peft_model
+    "final adapter": (processes.Hold("peft.peft_model.safe_save_file", needle=".adapter.partial", after=True),
                       ".adapter.partial/adapter_model.safetensors", "adapter"),
 }
 
@@ -87,7 +89,10 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_complete_and_the_ru
     newest = sorted((p for p in run_dir.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))[-1]
     assert newest.name == ("checkpoint-3" if where == "checkpoint" else f"checkpoint-{STEPS}")
     # the previous checkpoint is whole: its adapter and optimizer state load (without pickle)
-    RoSAModel.from_pretrained(load_base_model(str(STORIES)), newest)
+    loaded = load_adapter(load_base_model(str(STORIES)), newest)
+    saved = load_file(newest / "adapter_model.safetensors")
+    state = peft.get_peft_model_state_dict(loaded)
+    assert saved and state.keys() == saved.keys() and all(torch.equal(t.cpu(), saved[k]) for k, t in state.items())
     assert torch.load(newest / "optimizer.pt", weights_only=True)["state"]
 
     resumed = processes.run(["train", "--resume", str(run_dir)])

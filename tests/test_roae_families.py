@@ -7,12 +7,15 @@ import json
 import pytest
 import torch
 import transformers as T
+from peft import PeftModel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from conftest import FAMILIES, tiny_model, randomize_adapters
-from rosa import AdapterLoadError, RoSAConfig, RoSAModel, UnsupportedModelError, get_rosa_model
+from rosa import AdapterLoadError, RoSAConfig, UnsupportedModelError, get_rosa_model
+from rosa.loading import load_adapter
+from rosa.roae.attention import RoSALayer
 
 FAMILY_NAMES = sorted(FAMILIES)
 
@@ -156,9 +159,9 @@ def test_save_load_round_trip_reproduces_logits_exactly(family, tokens, tmp_path
     with torch.no_grad():
         expected = model(tokens).logits
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    loaded = RoSAModel.from_pretrained(tiny_model(family), tmp_path)
-    assert sorted(loaded.adapters) == [0, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    loaded = PeftModel.from_pretrained(tiny_model(family), tmp_path)
+    assert sorted(loaded.roae_adapters()) == [0, 2]
     assert not any(p.requires_grad for p in loaded.parameters())
     with torch.no_grad():
         assert torch.equal(loaded(tokens).logits, expected)
@@ -174,12 +177,15 @@ def test_loading_onto_a_different_base_fails_clearly(change, tmp_path):
     other = tiny_model("llama", **change)
     before = {n: p.clone() for n, p in other.state_dict().items()}
     with pytest.raises(AdapterLoadError, match="made for another base model"):
-        RoSAModel.from_pretrained(other, tmp_path)
+        PeftModel.from_pretrained(other, tmp_path)
     assert not any("roae" in name for name, _ in other.named_modules()), "a failed load must not leave adapters"
+    assert not any(isinstance(module, RoSALayer) for module in other.modules())
     assert all(torch.equal(before[n], p) for n, p in other.state_dict().items())
 
 
 def test_corrupted_truncated_and_foreign_adapter_files_fail_clearly(tmp_path):
+    """rosa's loader (rosa.loading.load_adapter) names what is wrong with a damaged adapter directory;
+    PEFT's own loader would raise a bare SafetensorError, JSONDecodeError or Hub error."""
     model = get_rosa_model(tiny_model("llama"), RoSAConfig())
     model.save_pretrained(tmp_path / "good")
     weights = (tmp_path / "good" / "adapter_model.safetensors").read_bytes()
@@ -190,47 +196,77 @@ def test_corrupted_truncated_and_foreign_adapter_files_fail_clearly(tmp_path):
     (truncated / "adapter_config.json").write_text(header)
     (truncated / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
     with pytest.raises(AdapterLoadError, match="truncated or corrupted"):
-        RoSAModel.from_pretrained(tiny_model("llama"), truncated)
+        load_adapter(tiny_model("llama"), truncated)
 
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "adapter_config.json").write_text(header)
     (garbage / "adapter_model.safetensors").write_bytes(b"\x80\x04not a safetensors file")
     with pytest.raises(AdapterLoadError, match="truncated or corrupted"):
-        RoSAModel.from_pretrained(tiny_model("llama"), garbage)
+        load_adapter(tiny_model("llama"), garbage)
 
-    foreign = tmp_path / "peft"
+    # Any PEFT method loads now (a LoRA adapter is no longer foreign), so the foreign file is a config
+    # that neither PEFT nor rosa wrote; a PEFT config whose weights are not safetensors is refused too.
+    foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
-    with pytest.raises(AdapterLoadError, match="not a RoSA adapter.*'LORA'"):
-        RoSAModel.from_pretrained(tiny_model("llama"), foreign)
+    (foreign / "adapter_config.json").write_text(json.dumps({"format": "other-tool", "r": 8}))
+    with pytest.raises(AdapterLoadError, match="neither a PEFT adapter config nor one written by rosa"):
+        load_adapter(tiny_model("llama"), foreign)
+    pickled = tmp_path / "peft"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(AdapterLoadError, match="only from safetensors"):
+        load_adapter(tiny_model("llama"), pickled)
 
     bad_json = tmp_path / "bad_json"
     bad_json.mkdir()
     (bad_json / "adapter_config.json").write_text("{not json")
     with pytest.raises(AdapterLoadError, match="not valid JSON"):
-        RoSAModel.from_pretrained(tiny_model("llama"), bad_json)
+        load_adapter(tiny_model("llama"), bad_json)
 
-    with pytest.raises(AdapterLoadError, match="not a RoSA adapter directory"):
-        RoSAModel.from_pretrained(tiny_model("llama"), tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AdapterLoadError, match="holds no adapter_config.json"):
+        load_adapter(tiny_model("llama"), empty)
+    with pytest.raises(AdapterLoadError, match="neither a directory nor a Hub repository id"):
+        load_adapter(tiny_model("llama"), tmp_path / "nowhere")
 
-    renamed = tmp_path / "renamed"
-    renamed.mkdir()
-    (renamed / "adapter_config.json").write_text(header)
+
+def test_an_adapter_whose_tensors_do_not_match_its_config_is_refused(tmp_path):
+    """Layer 0's tensors renamed to a layer 9 the config never adapted: loading must fail, not leave
+    layer 0 at its initialisation with only a warning."""
     from safetensors.torch import load_file, save_file
 
+    get_rosa_model(tiny_model("llama"), RoSAConfig()).save_pretrained(tmp_path / "good")
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    (renamed / "adapter_config.json").write_text((tmp_path / "good" / "adapter_config.json").read_text())
     tensors = load_file(tmp_path / "good" / "adapter_model.safetensors")
-    save_file({k.replace("layers.0", "layers.9"): v for k, v in tensors.items()}, renamed / "adapter_model.safetensors")
-    with pytest.raises(AdapterLoadError, match="foreign or corrupted"):
-        RoSAModel.from_pretrained(tiny_model("llama"), renamed)
+    assert any("layers.0." in k for k in tensors)
+    save_file({k.replace("layers.0.", "layers.9."): v for k, v in tensors.items()}, renamed / "adapter_model.safetensors")
+    # Fails as of the PEFT port: PEFT loads with strict=False and only warns about the missing keys
+    # (rosa 0.1 refused such a file as foreign or corrupted). Reported as a src bug, not fixed here.
+    with pytest.raises(AdapterLoadError, match=r"layers\.0\."):
+        load_adapter(tiny_model("llama"), renamed)
 
 
 def test_an_adapter_saved_when_rosa_assumed_rotate_half_is_refused_with_the_reason(tmp_path):
-    get_rosa_model(tiny_model("llama"), RoSAConfig()).save_pretrained(tmp_path)
-    header = json.loads((tmp_path / "adapter_config.json").read_text())
-    (tmp_path / "adapter_config.json").write_text(json.dumps({**header, "format_version": 1}))
+    """format_version 1 exists only in rosa 0.1's own format (``"format": "rosa-roae"``), read by
+    rosa.loading.load_adapter."""
+    model = get_rosa_model(tiny_model("llama"), RoSAConfig())
+    config = model.peft_config["default"]
+    tmp_path.joinpath("adapter_config.json").write_text(json.dumps({
+        "format": "rosa-roae", "format_version": 1, "rosa_version": "0.1.0", "config": config.settings(),
+        "base_model": {**config.base_geometry, "name_or_path": ""}, "adapted_layers": [0, 1, 2],
+    }))
+    from safetensors.torch import save_file
+
+    save_file({f"layers.{i}.{name.replace('_', '.')}.weight": p.detach().clone()
+               for i, adapter in model.roae_adapters().items() for name, p in adapter.named_parameters()},
+              tmp_path / "adapter_model.safetensors", metadata={"format": "rosa-roae"})
     with pytest.raises(AdapterLoadError, match="format_version 1.*assumed every model pairs its RoPE dimensions rotate-half"):
-        RoSAModel.from_pretrained(tiny_model("llama"), tmp_path)
+        load_adapter(tiny_model("llama"), tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -77,8 +77,8 @@ def test_shared_copies_share_the_matrices_but_not_the_norm_weights(config_dir):
     assert norm is not second.model.layers[3].input_layernorm.weight and torch.equal(norm, second.model.layers[3].input_layernorm.weight)
     scored = train_step.prepare("dls-skip", args, first, None)
     plain = train_step.prepare("roae", args, second, None)
-    assert scored.model.model.layers[3].input_layernorm.weight.requires_grad  # DLS scores from these
-    assert not plain.model.model.layers[3].input_layernorm.weight.requires_grad
+    assert scored.model.get_base_model().model.layers[3].input_layernorm.weight.requires_grad  # DLS scores from these
+    assert not plain.model.get_base_model().model.layers[3].input_layernorm.weight.requires_grad
 
 
 def alone(args, variant: str, steps: int) -> list[float]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Optional
+
+from peft import PeftConfig
 
 from rosa.errors import RoSAConfigError
 
@@ -22,40 +24,42 @@ def round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
-class _ConfigMixin:
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RoSAConfigError(
-                f"{cls.__name__} got unknown field(s) {unknown}; valid fields are {sorted(known)}."
-            )
-        return cls(**data)
-
-
 @dataclass
-class RoSAConfig(_ConfigMixin):
+class RoSAConfig(PeftConfig):
     """RoAE: modulate the low-frequency RoPE dimensions of query (and optionally key) states.
 
     ``S = SiLU(B(A H))`` is computed from the attention input ``H`` and applied after RoPE as
     ``Z_low + Z_low * (alpha * S)``. ``B`` starts at zero so the wrapped model is the base model
-    at step 0.
+    at step 0. A PEFT config: ``peft.get_peft_model(model, RoSAConfig(...))`` once ``rosa`` is
+    imported (see :mod:`rosa.registration`).
+
+    ``base_geometry`` and ``dls`` are not settings: the tuner records the base model's rotary geometry
+    when it injects an adapter (and checks it when the saved adapter is loaded again), and a
+    ``DynamicLayerSelector`` records its settings, so a saved adapter says what it was trained on and how.
     """
 
     rank: int = 8
     alpha: float = 1.0
     r_low: float = 0.25
     targets: tuple[str, ...] = ("q",)
-    layers: tuple[int, ...] | None = None
+    layers: Optional[tuple[int, ...]] = None
     adapter_dtype: str = "float32"
-    init_seed: int | None = None
+    init_seed: Optional[int] = None
+    base_geometry: Optional[dict] = None
+    dls: Optional[dict] = None
+
+    # PEFT's injection reads this; RoSA wraps the attention blocks it measures, never modules chosen by name.
+    target_modules: ClassVar[None] = None
+    # The method's own settings: what a run's ``rosa:`` section holds, what --set rosa.<field> may change.
+    SETTINGS: ClassVar[tuple[str, ...]] = ("rank", "alpha", "r_low", "targets", "layers", "adapter_dtype", "init_seed")
 
     def __post_init__(self):
+        from rosa.registration import require_peft_method
+
+        self.peft_type = require_peft_method()
+        if self.task_type is None:
+            self.task_type = "CAUSAL_LM"  # RoAE adapts causal LMs only
+        super().__post_init__()
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)
@@ -92,12 +96,24 @@ class RoSAConfig(_ConfigMixin):
                 f"layer once, e.g. layers={sorted(set(self.layers))}."
             )
 
+    def settings(self) -> dict[str, Any]:
+        """The method's settings alone (no PEFT bookkeeping, nothing recorded), as plain JSON/YAML values."""
+        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in self.SETTINGS}
+
     def n_low_pairs(self, n_pairs: int) -> int:
         return max(1, round_half_up(self.r_low * n_pairs))
 
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """PEFT saves each adapter's config last; the model card is written beside it (PEFT has no other
+        hook for a method's card), updating the card PEFT has just written rather than replacing it."""
+        super().save_pretrained(save_directory, **kwargs)
+        from rosa.model_card import write_model_card
+
+        write_model_card(save_directory, self)
+
 
 @dataclass
-class DLSConfig(_ConfigMixin):
+class DLSConfig:
     """Dynamic Layer Selection: train only ``k`` layers, re-chosen every ``interval`` steps.
 
     Scores are the gradient norms of each layer's norm weights; with probability ``p_exploit`` the
@@ -131,6 +147,20 @@ class DLSConfig(_ConfigMixin):
             raise RoSAConfigError(f"interval must be an integer >= 1, got {self.interval!r}.")
         if self.mode not in DLS_MODES:
             raise RoSAConfigError(f"mode must be one of {DLS_MODES}, got {self.mode!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RoSAConfigError(
+                f"{cls.__name__} got unknown field(s) {unknown}; valid fields are {sorted(known)}."
+            )
+        return cls(**data)
 
     def k(self, n_layers: int) -> int:
         return min(n_layers, max(1, round_half_up(self.k_ratio * n_layers)))

@@ -12,7 +12,8 @@ import torch
 from rosa.errors import AdapterLoadError
 from rosa.gguf import GGUFSource, dequantised_directory, gguf_source
 from rosa.interrupt import LOADING_MODEL, during
-from rosa.serialization import CONFIG_NAME, FORMAT, WEIGHTS_NAME
+from rosa.legacy_adapter import is_legacy, load_legacy_adapter
+from rosa.serialization import CONFIG_NAME, WEIGHTS_NAME
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -69,7 +70,7 @@ def load_base_model(
     directory, source = model_directory(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=resolve_dtype(precision, device), trust_remote_code=trust_remote_code)
     if source is not None:  # a GGUF file's cached conversion: adapters record the file it came from
-        model.config._name_or_path = str(source.file)
+        model.config._name_or_path = model.name_or_path = str(source.file)
         model.config.gguf_sha256 = Path(directory).name  # the cache entry is named by the file's hash
     return model.to(device)
 
@@ -81,37 +82,60 @@ def model_directory(name_or_path: str) -> tuple[str, GGUFSource | None]:
     return (name_or_path if source is None else str(dequantised_directory(source))), source
 
 
-def adapter_kind(path: str | os.PathLike) -> str:
-    """``"rosa"`` or ``"peft"``, read from ``adapter_config.json``."""
-    config_file = Path(path) / CONFIG_NAME
+def adapter_directory(path_or_id: str | os.PathLike) -> Path:
+    """A local adapter directory, or a Hub repository's snapshot holding only its config and safetensors
+    weights (from the local cache when ``HF_HUB_OFFLINE=1``)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    name = str(path_or_id)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise AdapterLoadError(f"adapter '{name}' is neither a directory nor a Hub repository id (owner/name).")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise AdapterLoadError(f"could not get adapter '{name}' from the Hugging Face Hub or its cache: {err}") from err
+
+
+def read_adapter_config(directory: Path) -> dict:
+    config_file = directory / CONFIG_NAME
     if not config_file.is_file():
-        raise AdapterLoadError(f"'{path}' holds no {CONFIG_NAME}; pass a directory written by save_pretrained or `rosa train`.")
+        raise AdapterLoadError(f"'{directory}' holds no {CONFIG_NAME}; pass a directory written by save_pretrained or `rosa train`.")
     try:
         header = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterLoadError(f"{config_file} is not valid JSON ({err}); the adapter is corrupted.") from err
-    if isinstance(header, dict) and header.get("format") == FORMAT:
-        return "rosa"
-    if isinstance(header, dict) and "peft_type" in header:
-        return "peft"
-    raise AdapterLoadError(f"{config_file} is neither a RoSA nor a PEFT adapter config.")
+    if not isinstance(header, dict) or not ("peft_type" in header or is_legacy(header)):
+        raise AdapterLoadError(f"{config_file} is neither a PEFT adapter config nor one written by rosa.")
+    return header
 
 
 @during(LOADING_MODEL)
-def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> torch.nn.Module:
-    """Put a saved RoSA or PEFT adapter on ``base_model``; PEFT adapters only from safetensors."""
-    if adapter_kind(path) == "rosa":
-        from rosa.model import RoSAModel
-
-        return RoSAModel.from_pretrained(base_model, path, is_trainable=is_trainable)
+def load_adapter(base_model: torch.nn.Module, path_or_id: str | os.PathLike, is_trainable: bool = False) -> torch.nn.Module:
+    """Put a saved adapter (RoSA, LoRA or any PEFT method; a directory or a Hub id) on ``base_model``,
+    only ever from safetensors; a rosa 0.1 adapter is read in its own format."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
-    if not (Path(path) / WEIGHTS_NAME).is_file():
+    directory = adapter_directory(path_or_id)
+    header = read_adapter_config(directory)
+    if is_legacy(header):
+        return load_legacy_adapter(base_model, directory, is_trainable)
+    if not (directory / WEIGHTS_NAME).is_file():
         raise AdapterLoadError(
-            f"'{path}' has no adapter_model.safetensors. rosa loads adapters only from safetensors (a .bin "
+            f"'{path_or_id}' has no adapter_model.safetensors. rosa loads adapters only from safetensors (a .bin "
             "file is a pickle and can run code); re-save the adapter with safe_serialization=True."
         )
-    return PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable)
+    try:
+        return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+    except SafetensorError as err:
+        raise AdapterLoadError(
+            f"{directory / WEIGHTS_NAME} is not a readable safetensors file ({err}); it is truncated or corrupted. "
+            "Restore it from a good copy or save the adapter again."
+        ) from err
 
 
 @during(LOADING_MODEL)

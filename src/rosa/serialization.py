@@ -1,8 +1,8 @@
-"""Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors``, never pickle.
+"""Files that are never half-written (temporary file, fsync, rename) and never pickled.
 
-Tensors are keyed by decoder-layer index (``layers.3.q.A.weight``) rather than by the family's
-module path, and the JSON records the base geometry so a mismatched base fails before any
-tensor is copied.
+Adapters are PEFT's two files, ``adapter_config.json`` + ``adapter_model.safetensors``, written by
+``PeftModel.save_pretrained``; everything else rosa writes (run and evaluation records, checkpoints
+published as directories, figures) goes through the atomic helpers here.
 """
 
 from __future__ import annotations
@@ -17,17 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
-
-from rosa.errors import AdapterLoadError, RoSAError
+from rosa.errors import RoSAError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT = "rosa-roae"
-# 2: the header records each layer group's measured rotary layout (rosa.roae.inject.BaseGeometry).
-FORMAT_VERSION = 2
 
 
 def current_umask() -> int:
@@ -91,10 +84,14 @@ def publish_directory(staged: Path, final: Path) -> None:
     """Make a completely written ``staged`` directory appear as ``final`` with one rename.
 
     Every file is flushed first, so the rename publishes content that is on disk rather than only in
-    the page cache. An older ``final`` is renamed aside and removed only once the new one is in
+    the page cache, and given the mode the umask allows. An older ``final`` is renamed aside and removed only once the new one is in
     place: at every instant a complete old or a complete new directory exists.
     """
+    umask = current_umask()
     for path in sorted(staged.rglob("*"), reverse=True) + [staged]:
+        # Whoever wrote the files (safetensors creates them 0600 whatever the umask), a published
+        # directory gets the modes the umask allows, like every other file rosa writes.
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         _fsync(path)
     if final.exists():
         previous = final.with_name(f".{final.name}.old")
@@ -144,54 +141,3 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise RoSAError(f"{path} holds a {type(payload).__name__}, not a JSON object; the file is corrupted. Restore it or rerun the step that wrote it.")
     return payload
-
-
-def save_adapter(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
-    directory = Path(directory)
-    weights = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(directory / WEIGHTS_NAME, save(weights, metadata={"format": FORMAT}))
-    atomic_write_json(directory / CONFIG_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION, **header})
-
-
-def read_adapter_header(directory: str | os.PathLike) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise AdapterLoadError(
-            f"no {CONFIG_NAME} in '{directory}': not a RoSA adapter directory. Pass the directory that "
-            "RoSAModel.save_pretrained wrote."
-        )
-    try:
-        header = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterLoadError(f"{path} is not valid JSON ({err}); the adapter is corrupted, save it again.") from err
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("peft_type") or header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise AdapterLoadError(
-            f"{path} is not a RoSA adapter (format={found!r}, expected {FORMAT!r}). PEFT adapters load with "
-            "peft.PeftModel.from_pretrained."
-        )
-    version = header.get("format_version")
-    if version == 1:
-        raise AdapterLoadError(
-            f"{path} was saved by an older rosa (format_version 1), which assumed every model pairs its RoPE "
-            "dimensions rotate-half and did not record the layout it adapted (wrong on interleaved families such "
-            "as Cohere or GLM). Train the adapter again with this rosa."
-        )
-    if version != FORMAT_VERSION:
-        raise AdapterLoadError(
-            f"{path} has format_version {version!r}; this rosa reads version {FORMAT_VERSION}. Upgrade rosa."
-        )
-    return header
-
-
-def read_adapter_tensors(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(directory) / WEIGHTS_NAME
-    if not path.is_file():
-        raise AdapterLoadError(f"no {WEIGHTS_NAME} in '{directory}'; the adapter directory is incomplete.")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise AdapterLoadError(
-            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupted. Restore it "
-            "from a good copy or save the adapter again."
-        ) from err

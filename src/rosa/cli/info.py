@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  rotary            {rotary.function}, {layout.name} layout, {layout.n_pairs} pairs = {layout.rotary_dim} "
               f"of the {layout.dim} dims it receives (head dim {head_dim})")
         print(f"  low-frequency     pairs {list(group.low_frequency_pairs)} -> dims {group.low_frequency_dims}  (r_low={config.r_low})")
-    print(f"adapted layers      {layer_ranges(sorted(model.adapters))}" + (f"; without RoPE, left out: {model.nope_layers}" if model.nope_layers else ""))
+    print(f"adapted layers      {layer_ranges(sorted(model.roae_adapters()))}" + (f"; without RoPE, left out: {model.nope_layers}" if model.nope_layers else ""))
     print(f"DLS norms per layer {list(block_norms(find_decoder_stack(base).layers[0]))}")
     model.print_trainable_parameters()
     return 0

@@ -22,6 +22,7 @@ SHORTCUTS = {
     "max_samples": "training.max_samples",
     "batch_size": "training.batch_size",
     "micro_batch_size": "training.micro_batch_size",
+    "report_to": "training.report_to",
 }
 
 
@@ -41,6 +42,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int, help="train on a seeded random subset of this many records")
     parser.add_argument("--batch-size", type=int, help="effective batch size (LLM-Adapters: 16)")
     parser.add_argument("--micro-batch-size", type=int)
+    parser.add_argument("--report-to", type=lambda text: text.split(","), metavar="LOGGERS",
+                        help="where logs and DLS selections go: comma-separated transformers integrations "
+                        "(tensorboard, the default, into RUN/tensorboard; wandb, trackio, mlflow, ...) or none")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="any config field, e.g. --set rosa.targets=[q,k] --set dls.mode=freeze (repeatable)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")

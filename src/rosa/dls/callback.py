@@ -33,10 +33,16 @@ class DLSCallback(TrainerCallback):
     reported for layer-sampling peers. ``on_train_begin`` also checks that guarantee explicitly.
     Selections happen in ``on_pre_optimizer_step``, once per optimizer step whatever the gradient
     accumulation. The selector's state is written into every checkpoint and read back on resume.
+
+    Callbacks cannot reach the Trainer's loggers by themselves (they run after the loggers' own
+    callbacks), so pass the trainer, as TRL's logging callbacks take it:
+    ``trainer.add_callback(DLSCallback(config, trainer=trainer))`` reports every selection to every
+    logger in ``report_to``.
     """
 
-    def __init__(self, config: DLSConfig | None = None):
+    def __init__(self, config: DLSConfig | None = None, trainer=None):
         self.config = config or DLSConfig()
+        self.trainer = trainer
         self.selector: DynamicLayerSelector | None = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -62,7 +68,24 @@ class DLSCallback(TrainerCallback):
             self.selector.load_state_dict(json.loads(checkpoint.read_text()))
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        selections = len(self.selector.history)
         self.selector.step()
+        if len(self.selector.history) > selections:
+            self._report(self.selector.history[-1], state)
+
+    def _report(self, selection: dict, state) -> None:
+        """One log entry per selection, as scalars every logger accepts (TensorBoard, W&B, trackio, ...):
+        ``dls/exploit``, ``dls/selected/layer_<i>`` (1 or 0) and ``dls/score/layer_<i>``. Through
+        ``trainer.log`` every configured logger receives it; without the trainer it is only added to
+        ``state.log_history`` (and so to ``trainer_state.json``)."""
+        entry = {"dls/exploit": float(selection["kind"] == "exploit")}
+        for layer, score in enumerate(selection["scores"]):
+            entry[f"dls/selected/layer_{layer}"] = float(layer in selection["selected"])
+            entry[f"dls/score/layer_{layer}"] = score
+        if self.trainer is not None:
+            self.trainer.log(entry)
+        else:
+            state.log_history.append({**entry, "step": state.global_step})
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rosa.architecture import DecoderStack, block_norms, find_decoder_stack
-from rosa.config import DLSConfig
+from rosa.config import DLSConfig, RoSAConfig
 from rosa.errors import RoSAError
 
 
@@ -73,10 +73,17 @@ def _detach_hidden(module: nn.Module, args: tuple, kwargs: dict):
     return args, {**kwargs, "hidden_states": hidden.detach().requires_grad_(hidden.requires_grad)}
 
 
+def _record_on_adapter(model: nn.Module, config: DLSConfig) -> None:
+    """A RoSA adapter trained with DLS says so in its saved config and model card."""
+    adapter_config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+    if isinstance(adapter_config, RoSAConfig):
+        adapter_config.dls = config.to_dict()
+
+
 class DynamicLayerSelector:
     """Chooses which decoder layers train, from LayerNorm-weight gradient norms.
 
-    Works on a :class:`rosa.RoSAModel` and on PEFT LoRA/DoRA models alike: a layer's adapter
+    Works on RoSA and PEFT LoRA/DoRA models alike: a layer's adapter
     parameters are the trainable parameters inside its decoder block when the selector is created.
     """
 
@@ -101,6 +108,7 @@ class DynamicLayerSelector:
         self._can_cut = not any(p.requires_grad for name, p in model.named_parameters() if stack.layer_of(name) is None)
         self._cut = None
         self._prepare(self.step_count)
+        _record_on_adapter(model, self.config)
 
     # -- schedule -------------------------------------------------------------------------------
     def is_scoring_step(self, step: int) -> bool:

@@ -53,9 +53,10 @@ def evaluate_target(
 ) -> dict[str, Any]:
     """Load the model (and adapter) and evaluate it into ``output``; returns the metrics."""
     from rosa.eval.runner import evaluate
-    from rosa.loading import load_for_inference
+    from rosa.loading import adapter_directory, load_for_inference
 
     check_tasks(tasks, data_dir)  # a misspelt, missing or empty task fails here, before the model is loaded
+    adapter = str(adapter_directory(adapter)) if adapter else None  # a Hub id becomes its cached snapshot
     model, tokenizer = load_for_inference(model_name, adapter, precision, trust_remote_code)
     identity = {"model": model_name, "adapter": adapter_fingerprint(adapter) if adapter else None, "precision": precision}
     _upgrade_identity(Path(output), identity, adapter)

@@ -1,4 +1,4 @@
-"""Put RoAE adapters into a base model's attention blocks."""
+"""The base model's rotary geometry as RoAE adapts it, and the adapter of one layer."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rosa.architecture import find_decoder_stack, text_config
+from rosa.architecture import text_config
 from rosa.config import RoSAConfig
 from rosa.errors import RoSAConfigError
-from rosa.roae import rotary_hook
 from rosa.roae.layer import RoAE
-from rosa.roae.probe import LayerRotary, RotaryGeometry, find_attention, rotary_geometry
+from rosa.roae.probe import LayerRotary, RotaryGeometry, rotary_geometry
 
 
 @dataclass(frozen=True)
@@ -84,13 +83,13 @@ def base_geometry(model: nn.Module, config: RoSAConfig, probed: RotaryGeometry |
     )
 
 
-def _adapter_dtype(config: RoSAConfig, model: nn.Module) -> torch.dtype:
+def adapter_dtype(config: RoSAConfig, model: nn.Module) -> torch.dtype:
     if config.adapter_dtype == "auto":
         return next(model.parameters()).dtype
     return getattr(torch, config.adapter_dtype)
 
 
-def _requested_layers(config: RoSAConfig, geometry: BaseGeometry) -> list[int]:
+def requested_layers(config: RoSAConfig, geometry: BaseGeometry) -> list[int]:
     n_layers = geometry.num_hidden_layers
     if config.layers is None:
         return [i for i in range(n_layers) if i not in geometry.without_rope]
@@ -106,48 +105,20 @@ def _requested_layers(config: RoSAConfig, geometry: BaseGeometry) -> list[int]:
     return list(config.layers)
 
 
-def inject_roae(model: nn.Module, config: RoSAConfig) -> tuple[BaseGeometry, dict[int, RoAE]]:
-    """Attach a RoAE adapter to every selected layer; returns the geometry and the adapters.
-
-    Everything is checked before the first adapter is attached, and a failure while attaching
-    removes the adapters already attached, so a refused model is left as it was.
-    """
-    geometry = base_geometry(model, config)
-    requested = _requested_layers(config, geometry)
-    stack = find_decoder_stack(model)
-    dtype = _adapter_dtype(config, model)
-    generator = torch.Generator().manual_seed(config.init_seed) if config.init_seed is not None else None
-    adapters: dict[int, RoAE] = {}
-    try:
-        for index in requested:
-            group = geometry.group_of(index)
-            heads = {"q": group.rotary.query_heads, "k": group.rotary.key_heads}
-            attention = find_attention(stack.layers[index])
-            rotary_hook.install_rotary_wrapper(attention)
-            adapter = RoAE(
-                layer_index=index,
-                d_model=geometry.hidden_size,
-                rank=config.rank,
-                alpha=config.alpha,
-                heads={t: heads[t] for t in config.targets},
-                low_dims=group.low_frequency_dims,
-                dim=group.rotary.layout.dim,
-                rotary_function=group.rotary.function,
-                dtype=dtype,
-                generator=generator,
-            ).to(next(attention.parameters()).device)  # each layer's own device (device_map="auto" spreads them)
-            rotary_hook.attach(attention, adapter)
-            attention.roae = adapter
-            adapters[index] = adapter
-    except BaseException:
-        remove_roae(model, adapters)
-        raise
-    return geometry, adapters
-
-
-def remove_roae(model: nn.Module, adapters: dict[int, RoAE]) -> None:
-    stack = find_decoder_stack(model)
-    for index in adapters:
-        attention = find_attention(stack.layers[index])
-        rotary_hook.detach(attention)
-        del attention.roae
+def new_adapter(config: RoSAConfig, geometry: BaseGeometry, index: int, dtype: torch.dtype,
+                device: torch.device, generator: torch.Generator | None) -> RoAE:
+    """The RoAE adapter of layer ``index``, on that layer's device (``device_map="auto"`` spreads layers)."""
+    group = geometry.group_of(index)
+    heads = {"q": group.rotary.query_heads, "k": group.rotary.key_heads}
+    return RoAE(
+        layer_index=index,
+        d_model=geometry.hidden_size,
+        rank=config.rank,
+        alpha=config.alpha,
+        heads={t: heads[t] for t in config.targets},
+        low_dims=group.low_frequency_dims,
+        dim=group.rotary.layout.dim,
+        rotary_function=group.rotary.function,
+        dtype=dtype,
+        generator=generator,
+    ).to(device)

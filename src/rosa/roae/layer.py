@@ -10,28 +10,14 @@ from torch.autograd.function import once_differentiable
 from torch import nn
 
 
-class LowRankSignal(nn.Module):
-    """``S = SiLU(B(A H))``. ``B`` starts at zero so ``S = 0`` and the base model is unchanged."""
-
-    def __init__(self, d_model: int, rank: int, out_features: int, generator: torch.Generator | None = None):
-        super().__init__()
-        self.A = nn.Linear(d_model, rank, bias=False)
-        self.B = nn.Linear(rank, out_features, bias=False)
-        with torch.no_grad():
-            # LoRA's A initialisation (Kaiming-uniform with a=sqrt(5), i.e. nn.Linear's default).
-            bound = 1.0 / math.sqrt(d_model)
-            self.A.weight.uniform_(-bound, bound, generator=generator)
-            self.B.weight.zero_()
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.B(self.A(hidden.to(self.A.weight.dtype))))
-
-
 class RoAE(nn.Module):
     """RoAE for one attention block: adapts the low-frequency dims of RoPE-rotated q and/or k.
 
-    Lives as a child of the attention module (``<attn>.roae``) so the adapter parameters are named
-    after the decoder block that owns them, which is how DLS finds each layer's parameters.
+    Lives inside the attention block's :class:`rosa.roae.attention.RoSALayer` so the adapter
+    parameters are named after the decoder block that owns them, which is how DLS finds each layer's
+    parameters. They are plain parameters (``q_A``, ``q_B``, ``k_A``, ``k_B``), not submodules, so the
+    adapter name is the second-to-last part of their keys (``...rosa_roae.default.q_A``), where every
+    PEFT release looks for it when saving and loading under any adapter name.
     """
 
     def __init__(
@@ -55,11 +41,18 @@ class RoAE(nn.Module):
         self.d_low = len(low_dims)
         self.dim = dim
         self.rotary_function = rotary_function
-        self.signals = nn.ModuleDict(
-            {target: LowRankSignal(d_model, rank, n * self.d_low, generator) for target, n in heads.items()}
-        ).to(dtype)
+        for target, n in heads.items():
+            A = torch.empty(rank, d_model)
+            # LoRA's A initialisation (Kaiming-uniform with a=sqrt(5), i.e. nn.Linear's default); B = 0.
+            A.uniform_(-1.0 / math.sqrt(d_model), 1.0 / math.sqrt(d_model), generator=generator)
+            self.register_parameter(f"{target}_A", nn.Parameter(A.to(dtype)))
+            self.register_parameter(f"{target}_B", nn.Parameter(torch.zeros(n * self.d_low, rank, dtype=dtype)))
         self.register_buffer("low_dims", torch.tensor(low_dims, dtype=torch.long), persistent=False)
-        self.enabled = True
+
+    def signal(self, target: str, hidden: torch.Tensor) -> torch.Tensor:
+        """``S = SiLU(B(A H))``; ``B`` starts at zero so ``S = 0`` and the base model is unchanged."""
+        A, B = getattr(self, f"{target}_A"), getattr(self, f"{target}_B")
+        return F.silu(F.linear(F.linear(hidden.to(A.dtype), A), B))
 
     def modulate(self, target: str, states: torch.Tensor, hidden: torch.Tensor, heads_axis: int) -> torch.Tensor:
         """``Z_low + Z_low * (alpha * S)`` on the low-frequency dims; all other dims untouched.
@@ -75,10 +68,13 @@ class RoAE(nn.Module):
                 f"{heads_axis}, got states of shape {tuple(states.shape)}; rebuild the RoSA model after "
                 "changing the base model's config."
             )
-        signal = self.signals[target](hidden).unflatten(-1, (n_heads, self.d_low))  # [b, s, h, d_low]
+        signal = self.signal(target, hidden).unflatten(-1, (n_heads, self.d_low))  # [b, s, h, d_low]
         if heads_axis == 1:
             signal = signal.transpose(1, 2)
-        return _ScaleLowDims.apply(states, self.alpha * signal, self.low_dims)
+        scale = signal if self.alpha == 1.0 else self.alpha * signal  # x * 1.0 == x: the same bits, one kernel less
+        if torch.is_grad_enabled() and (states.requires_grad or scale.requires_grad):
+            return _ScaleLowDims.apply(states, scale, self.low_dims)
+        return _scale_low_dims_in_place(states, scale, self.low_dims)
 
 
 class _ScaleLowDims(torch.autograd.Function):
@@ -108,6 +104,17 @@ class _ScaleLowDims(torch.autograd.Function):
         grad_states = grad.index_copy(-1, low_dims, _scaled(grad_low, scale)) if ctx.needs_input_grad[0] else None
         grad_scale = grad_low.to(scale.dtype) * low.to(scale.dtype) if ctx.needs_input_grad[1] else None
         return grad_states, grad_scale, None
+
+
+def _scale_low_dims_in_place(states: torch.Tensor, scale: torch.Tensor, low_dims: torch.Tensor) -> torch.Tensor:
+    """:class:`_ScaleLowDims`'s forward without autograd (generation, evaluation): the same arithmetic,
+    written into ``states`` itself instead of into a full copy of it. ``states`` is what the rotary
+    function just returned, a fresh tensor nothing else holds; a view (of a tensor that may be read
+    elsewhere) is copied instead."""
+    scaled = _scaled(states.index_select(-1, low_dims), scale)
+    if states._base is not None:
+        return states.index_copy(-1, low_dims, scaled)
+    return states.index_copy_(-1, low_dims, scaled)
 
 
 def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

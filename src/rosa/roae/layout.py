@@ -73,7 +73,8 @@ class RotaryLayout:
         return out
 
     def to_dict(self) -> dict:
-        return {"dim": self.dim, "layout": self.name, "pairs": [list(p) for p in self.pairs]}
+        return {"dim": self.dim, "layout": self.name, "pairs": [list(p) for p in self.pairs],
+                "frequencies": [float(f"{f:.6g}") for f in self.frequencies]}
 
 
 RotaryEmbedding = Callable[[int], tuple[torch.Tensor, torch.Tensor]]

@@ -104,7 +104,7 @@ def _wrap(original, name: str):
         if not _published or _NESTED.get():
             return rotated_q, rotated_k
         active, observer, probe = _ACTIVE.get(), _OBSERVER.get(), _PROBE.get()
-        modulate = active is not None and active.adapter.enabled
+        modulate = active is not None
         if not modulate and observer is None and probe is None:
             return rotated_q, rotated_k
         options = {}
@@ -227,54 +227,27 @@ def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
     return calls[0] if calls else None
 
 
-def _hidden_states(args, kwargs) -> torch.Tensor:
-    hidden = kwargs.get("hidden_states", args[0] if args else None)
-    if not isinstance(hidden, torch.Tensor):
-        raise RuntimeError("RoAE could not find the attention block's hidden_states input.")
-    return hidden
+@contextlib.contextmanager
+def publishing(adapter: RoAE, hidden: torch.Tensor) -> Iterator[None]:
+    """Publish ``adapter`` while its attention block runs (:class:`rosa.roae.attention.RoSALayer`).
 
-
-def attach(attention: nn.Module, adapter: RoAE) -> None:
-    """Publish ``adapter`` while ``attention`` runs, by wrapping its instance ``forward``.
-
-    A wrapper with ``try/finally`` (rather than forward hooks, which PyTorch skips when the forward
-    raises) guarantees the context is withdrawn on every exit, so a failed call can never leave a
-    stale adapter active for the next block.
+    On exit (exceptions included) the context is withdrawn, so a failed call can never leave a stale
+    adapter active for the next block; on a normal exit a block that never applied RoPE raises, so
+    a NoPE layer cannot silently skip its adapter.
     """
-    if hasattr(attention, "_rosa_unwrapped_forward"):
-        raise RuntimeError(f"attention block {adapter.layer_index} already carries a RoAE adapter.")
-    inner = attention.forward
-
-    @functools.wraps(inner)
-    def forward_with_roae(*args, **kwargs):
-        block = _ActiveBlock(adapter, _hidden_states(args, kwargs))
-        token = _ACTIVE.set(block)
-        _count_published(1)
-        try:
-            output = inner(*args, **kwargs)
-        finally:
-            _count_published(-1)
-            _ACTIVE.reset(token)
-        if adapter.enabled and not block.applied:
-            raise RuntimeError(
-                f"RoAE layer {adapter.layer_index}: the attention block ran without applying RoPE, so the "
-                "adapter was not used. Exclude this layer with RoSAConfig(layers=...)."
-            )
-        return output
-
-    attention._rosa_unwrapped_forward = inner
-    attention._rosa_release_shield = shield_nested_rotary(attention)
-    attention.forward = forward_with_roae
-
-
-def detach(attention: nn.Module) -> None:
-    """Undo :func:`attach`."""
-    inner = attention.__dict__.pop("_rosa_unwrapped_forward")
-    attention.__dict__.pop("_rosa_release_shield")()
-    if inner == getattr(type(attention), "forward").__get__(attention):
-        attention.__dict__.pop("forward", None)
-    else:
-        attention.forward = inner
+    block = _ActiveBlock(adapter, hidden)
+    token = _ACTIVE.set(block)
+    _count_published(1)
+    try:
+        yield
+    finally:
+        _count_published(-1)
+        _ACTIVE.reset(token)
+    if not block.applied:
+        raise RuntimeError(
+            f"RoAE layer {adapter.layer_index}: the attention block ran without applying RoPE, so the "
+            "adapter was not used. Exclude this layer with RoSAConfig(layers=...)."
+        )
 
 
 @contextlib.contextmanager
@@ -282,7 +255,7 @@ def observe_rotary_states(model: nn.Module, callback: RotaryObserver) -> Iterato
     """While active, every forward calls ``callback(layer_index, q, k, heads_axis)`` in each RoPE layer.
 
     ``q`` and ``k`` are exactly what RoPE hands on to attention and the KV cache: rotated, and
-    modulated when a RoAE adapter is attached (so a RoSAModel shows its adapted states; a PEFT LoRA
+    modulated when a RoAE adapter is attached (so a RoSA model shows its adapted states; a PEFT LoRA
     on ``q_proj``/``k_proj`` is included too, since it acts before RoPE). They are the tensors the
     modeling code passes through its rotary function: all head dimensions for most families, only
     the rotated ones where the family splits the head before RoPE (Phi). ``heads_axis`` is the heads
@@ -316,8 +289,8 @@ def _publish_observer(attention: nn.Module, observer: Callable[[torch.Tensor, to
     """Publish ``observer`` while ``attention`` runs.
 
     The closing hook uses ``always_call`` so a forward that raises still withdraws the observer, and
-    it is registered as a hook rather than an instance-``forward`` wrapper so it cannot interfere with
-    :func:`attach`/:func:`detach`.
+    it is a hook on the attention block itself, inside any :class:`rosa.roae.attention.RoSALayer`
+    wrapping it, so it sees the states of whichever adapter that layer publishes.
     """
     tokens: list[contextvars.Token] = []
 

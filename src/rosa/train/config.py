@@ -59,9 +59,21 @@ class TrainingSettings:
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 3
+    # Records held out of the training data to compute an evaluation loss on (LLM-Adapters: 120); 0: none.
+    # With a split, the checkpoint of lowest evaluation loss becomes the final adapter.
+    val_set_size: int = 0
+    eval_steps: int | None = None  # None: at every checkpoint (save_steps); always at the last step too
     gradient_checkpointing: bool = False
+    # Where the Trainer's logs (losses, and each DLS selection) go: transformers' integration names, or none.
+    report_to: tuple[str, ...] = ("tensorboard",)
 
     def __post_init__(self):
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        self.report_to = (self.report_to,) if isinstance(self.report_to, str) else tuple(self.report_to)
+        known = ("none", *sorted(INTEGRATION_TO_CALLBACK))
+        _check(all(name in known for name in self.report_to) and ("none" not in self.report_to or len(self.report_to) == 1),
+               f"training.report_to must be 'none' or a list of {', '.join(known[1:])}; got {list(self.report_to)}")
         for name in ("batch_size", "micro_batch_size", "cutoff_len", "logging_steps", "save_steps", "save_total_limit"):
             value = getattr(self, name)
             _check(_is_int(value) and value >= 1, f"training.{name} must be a positive integer, got {value!r}")
@@ -74,6 +86,18 @@ class TrainingSettings:
         _check(self.max_steps is None or (_is_int(self.max_steps) and self.max_steps >= 1),
                f"training.max_steps must be a positive integer, got {self.max_steps!r}; leave it out (null) to train "
                "for training.epochs epochs")
+        _check(_is_int(self.val_set_size) and self.val_set_size >= 0,
+               f"training.val_set_size must be a whole number of records (0 for no validation), got {self.val_set_size!r}")
+        _check(self.eval_steps is None or (_is_int(self.eval_steps) and self.eval_steps >= 1),
+               f"training.eval_steps must be a positive integer, got {self.eval_steps!r}; leave it out (null) to "
+               "evaluate at every checkpoint")
+        # Only a checkpointed evaluation can be reloaded as the best adapter, so every checkpoint needs one.
+        _check(not self.val_set_size or self.save_steps % (self.eval_steps or self.save_steps) == 0,
+               f"training.save_steps ({self.save_steps}) must be a multiple of training.eval_steps ({self.eval_steps}): "
+               "the best checkpoint is chosen by the evaluation loss of each checkpoint. Set eval_steps to a divisor "
+               "of save_steps, or leave it out to evaluate at every checkpoint")
+        _check(self.max_samples is None or self.val_set_size < self.max_samples, val_set_size_message(
+            self.val_set_size, self.max_samples, "training.max_samples"))
         _check(isinstance(self.epochs, (int, float)) and not isinstance(self.epochs, bool) and math.isfinite(self.epochs)
                and self.epochs > 0, f"training.epochs must be a positive number, got {self.epochs!r}")
 
@@ -113,7 +137,10 @@ class ExperimentConfig:
         return dataclasses.replace(self, training=dataclasses.replace(self.training, lr=self.learning_rate))
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return _plain({
+            f.name: _settings(getattr(self, f.name)) if f.name in SECTIONS else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        })
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
@@ -144,7 +171,7 @@ def resolve_field(name: str) -> str:
     written in full, and an unknown one is refused with the list of valid fields.
     """
     top = {f.name for f in dataclasses.fields(ExperimentConfig)} - set(SECTIONS)
-    dotted = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    dotted = {f"{section}.{name}" for section, cls in SECTIONS.items() for name in _field_names(cls)}
     if name in top or name in dotted:
         return name
     matches = sorted(d for d in dotted if d.split(".", 1)[1] == name)
@@ -200,8 +227,17 @@ def config_yaml(config: ExperimentConfig) -> bytes:
     return yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
 
 
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The fields a run's config sets: a PEFT config's settings only, not PEFT's bookkeeping."""
+    return getattr(cls, "SETTINGS", None) or tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _settings(section: Any) -> dict[str, Any]:
+    return {name: getattr(section, name) for name in _field_names(type(section))}
+
+
 def _reject_unknown(values: dict, cls: type, prefix: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = set(_field_names(cls))
     unknown = sorted(set(values) - known)
     _check(not unknown, f"unknown config field(s) {[prefix + u for u in unknown]}; valid: {sorted(prefix + k for k in known)}")
 
@@ -225,6 +261,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def val_set_size_message(val_set_size: int, records: int, what: str) -> str:
+    """A validation split that would leave nothing to train on."""
+    return (f"training.val_set_size ({val_set_size}) must be smaller than the number of records ({records}, {what}): "
+            "no record would be left to train on. Lower training.val_set_size (LLM-Adapters holds out 120), or "
+            "train on more records")
 
 
 def _is_int(value: Any) -> bool:

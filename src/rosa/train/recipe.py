@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import pickle
 import random
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +27,15 @@ from transformers.integrations import TensorBoardCallback
 from rosa import memory
 from rosa.data import load_dataset
 from rosa.architecture import block_norms, find_decoder_stack
-from rosa.data.prompts import tokenize_for_training, train_prompt
+from rosa.data.catalog import TASKS
+from rosa.data.prompts import tokenize_for_training, train_prompt, training_lengths
 from rosa.dls.callback import DLSCallback, freeze_under_ddp_message
 from rosa.errors import RoSAConfigError, RoSAError
 from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype
 from rosa.locking import directory_lock
 from rosa.serialization import atomic_write_bytes, atomic_write_json, check_writable, read_json_object, staged_directory
 from rosa.train.callbacks import JsonlLogCallback, LogEveryCheckpointCallback
-from rosa.train.config import METHODS, ExperimentConfig, config_yaml
+from rosa.train.config import METHODS, ExperimentConfig, config_yaml, val_set_size_message
 from rosa.train.methods import apply_method, match_rank, trainable_parameters
 from rosa.train.run_dir import (
     ADAPTER_DIR,
@@ -88,7 +91,12 @@ def resolve_budget(config: ExperimentConfig, log=print) -> tuple[ExperimentConfi
 
 
 def tokenized_dataset(config: ExperimentConfig, tokenizer, log=print) -> list[dict[str, list[int]]]:
+    """The training examples. Settings that run but defeat the run (a task's test set, a cutoff that
+    cuts the answers) are warned about here, through ``log``, since nothing fails later to show them."""
     records = load_dataset(config.data, config.data_dir, seed=config.seed)
+    task = evaluation_task(config.data)
+    if task is not None:
+        log(memorisation_warning(task))
     if config.training.max_samples is not None and config.training.max_samples < len(records):
         records = random.Random(config.seed).sample(records, config.training.max_samples)
     t = config.training
@@ -107,9 +115,95 @@ def tokenized_dataset(config: ExperimentConfig, tokenizer, log=print) -> list[di
             f"no example of {config.data} keeps a token to learn from at training.cutoff_len {t.cutoff_len}: every "
             "prompt fills it (the loss would be 0/0). Raise training.cutoff_len (LLM-Adapters uses 256)."
         )
-    if empty:
+    cut = response_cutoff(training_lengths(records, tokenizer), t.cutoff_len)
+    if cut.share > CUT_RESPONSE_SHARE:
+        log(cut.warning(config.data, t.train_on_inputs))
+    elif empty:
         log(f"{empty} of {len(examples)} examples have no response token within training.cutoff_len {t.cutoff_len}; they add nothing to the loss")
     return examples
+
+
+# More than this share of records with their response cut (entirely or partly) is warned about: the
+# answer of an LLM-Adapters record is at the end of its response, so a partly cut response usually
+# loses the answer too. A few long outliers stay below it and are not worth a warning.
+CUT_RESPONSE_SHARE = 0.10
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseCutoff:
+    """What ``cutoff_len`` leaves of a data set's responses (token counts without EOS)."""
+
+    cutoff_len: int
+    records: int
+    lost: int  # no response token within cutoff_len
+    partly: int  # the response starts within cutoff_len but ends after it
+    median_length: float  # prompt and response, untruncated
+    keeps_most: int  # the smallest cutoff_len that keeps 90% of responses whole, EOS included
+
+    @property
+    def share(self) -> float:
+        return (self.lost + self.partly) / self.records if self.records else 0.0
+
+    def warning(self, data: str, train_on_inputs: bool) -> str:
+        """One line naming the loss, its size, the cause and the fix."""
+        effect = ("they still train on their prompt (training.train_on_inputs is on), so the run learns to continue "
+                  "prompts more than to answer them" if train_on_inputs
+                  else "those without a response token add nothing to the loss")
+        return (
+            f"warning: training.cutoff_len {self.cutoff_len} cuts the response of {self.lost + self.partly:,d} of "
+            f"{self.records:,d} records of {data} ({100 * self.share:.1f}%): {self.lost:,d} keep no response token, "
+            f"{self.partly:,d} only its start; the median record is {self.median_length:g} tokens with its response. "
+            f"The cut records lose their answer, and {effect}. Raise training.cutoff_len: "
+            f"--set training.cutoff_len={self.keeps_most} keeps 90% of the responses whole."
+        )
+
+
+def response_cutoff(lengths: list[tuple[int, int]], cutoff_len: int) -> ResponseCutoff:
+    """Count the records whose response ``cutoff_len`` removes, from their ``(prompt, prompt and
+    response)`` token counts (:func:`rosa.data.prompts.training_lengths`)."""
+    full = sorted(length for _, length in lengths)
+    with_eos = [length + 1 for length in full]
+    return ResponseCutoff(
+        cutoff_len=cutoff_len,
+        records=len(lengths),
+        lost=sum(prompt >= cutoff_len for prompt, _ in lengths),
+        partly=sum(prompt < cutoff_len < length for prompt, length in lengths),
+        median_length=statistics.median(full) if full else 0,
+        keeps_most=with_eos[math.ceil(0.9 * len(with_eos)) - 1] if with_eos else cutoff_len,
+    )
+
+
+def evaluation_task(data: str) -> str | None:
+    """The evaluation task whose *test* set ``data`` names (``load_dataset`` reads a task name as its
+    test set; a file of that name wins, as there), or None."""
+    path = Path(data).expanduser()
+    if path.is_file() or path.suffix.lower() == ".json":
+        return None
+    key = data.strip().lower()
+    return next((task.name for task in TASKS if task.name.lower() == key), None)
+
+
+def memorisation_warning(task: str) -> str:
+    """Training on a test set is allowed (a quick check, a deliberate overfit), but its score is not a result."""
+    return (
+        f"warning: --data {task} trains on the {task} *test* set, the items `rosa eval --tasks {task}` scores: an "
+        f"evaluation on {task} after this run measures memorisation, not what the method learned. For a fair score, "
+        "train on a training set (commonsense_15k, math_10k, commonsense_mix, math_mix) or a JSON file of your own."
+    )
+
+
+def validation_split(examples: list, config: ExperimentConfig) -> tuple[list, list]:
+    """``(training, held out)``: ``training.val_set_size`` examples held out of training to compute an
+    evaluation loss on (LLM-Adapters' ``val_set_size``). The draw depends on the seed alone, so a
+    resumed run and every process of a data-parallel run hold out the same records; the training
+    examples keep their order."""
+    size = config.training.val_set_size
+    if not size:
+        return examples, []
+    if size >= len(examples):
+        raise RoSAConfigError(val_set_size_message(size, len(examples), f"--data {config.data}") + ".")
+    held = set(random.Random(config.seed).sample(range(len(examples)), size))
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
 def minimum_cutoff_len(tokenizer, train_on_inputs: bool) -> int:
@@ -196,7 +290,7 @@ def _train(config: ExperimentConfig, run_dir: Path, overwrite: bool, resume: boo
 
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    dataset = tokenized_dataset(config, tokenizer, log)
+    dataset, validation = validation_split(tokenized_dataset(config, tokenizer, log), config)
     device = default_device()
     dtype = resolve_dtype(config.precision, device)
     args = training_arguments(config, run_dir, dtype, device)  # joins the process group under accelerate/torchrun
@@ -216,7 +310,8 @@ def _train(config: ExperimentConfig, run_dir: Path, overwrite: bool, resume: boo
             with _explained_failures(run_dir, checkpoint, "the run directory"):
                 _prepare_run_dir(run_dir, config, budget, model, overwrite, resume, checkpoint)
         args.distributed_state.wait_for_everyone()
-        summary = _run(config, run_dir, args, model, tokenizer, dataset, checkpoint, budget, trainable, total, device, log)
+        summary = _run(config, run_dir, args, model, tokenizer, dataset, validation, checkpoint, budget, trainable, total,
+                       device, log)
     except Exception as err:
         if args.should_save:
             _after_failure(run_dir, resume, existed, err, log)
@@ -226,24 +321,27 @@ def _train(config: ExperimentConfig, run_dir: Path, overwrite: bool, resume: boo
     return summary
 
 
-def _run(config: ExperimentConfig, run_dir: Path, args: TrainingArguments, model, tokenizer, dataset, checkpoint: Path | None,
-         budget: dict | None, trainable: int, total: int, device: torch.device, log) -> dict[str, Any]:
+def _run(config: ExperimentConfig, run_dir: Path, args: TrainingArguments, model, tokenizer, dataset, validation,
+         checkpoint: Path | None, budget: dict | None, trainable: int, total: int, device: torch.device, log) -> dict[str, Any]:
     if checkpoint is not None:
         log(f"resuming from {checkpoint}")
 
-    tensorboard = TensorBoardCallback()
-    tensorboard.logging_dir = str(run_dir / TENSORBOARD_DIR)
-    callbacks = [LogEveryCheckpointCallback(), JsonlLogCallback(run_dir / TRAIN_LOG), tensorboard]
-    dls = DLSCallback(config.dls) if config.uses_dls else None
-    if dls is not None:
-        callbacks.append(dls)
+    callbacks = [LogEveryCheckpointCallback(), JsonlLogCallback(run_dir / TRAIN_LOG)]
+    if "tensorboard" in config.training.report_to:  # in the run directory, not where transformers would put it
+        tensorboard = TensorBoardCallback()
+        tensorboard.logging_dir = str(run_dir / TENSORBOARD_DIR)
+        callbacks.append(tensorboard)
     trainer = RoSATrainer(
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=validation or None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, padding=True, return_tensors="pt"),
         callbacks=callbacks,
     )
+    dls = DLSCallback(config.dls, trainer=trainer) if config.uses_dls else None
+    if dls is not None:
+        trainer.add_callback(dls)
     memory_reset = memory.reset_peak(device)  # runs sharing a process (a sweep) each measure themselves
     started = time.perf_counter()
     with _explained_failures(run_dir, checkpoint, "a checkpoint"):
@@ -251,6 +349,11 @@ def _run(config: ExperimentConfig, run_dir: Path, args: TrainingArguments, model
     runtime = time.perf_counter() - started
     if not trainer.args.should_save:
         return {}
+    validated = _validation_summary(trainer.state, len(validation)) if validation else None
+    if validated is not None and validated["best_step"] is not None:
+        last = validated["last_eval_loss"]
+        log(f"final adapter: the best checkpoint, step {validated['best_step']} (eval loss {validated['best_eval_loss']:.4f}; "
+            f"step {validated['last_step']}: {'not finite' if last is None else f'{last:.4f}'})")
     with save_failures_explained(run_dir, "the final adapter"):
         _save_final_adapter(run_dir, config, model, tokenizer)
         if dls is not None:
@@ -260,6 +363,7 @@ def _run(config: ExperimentConfig, run_dir: Path, args: TrainingArguments, model
             "model": config.model,
             "data": config.data,
             "examples": len(dataset),
+            "validation": validated,
             "trainable_params": trainable,
             "total_params": total,
             "budget": budget,
@@ -359,6 +463,20 @@ def _logged_mean_loss(log_history: list[dict]) -> float | None:
     return total / previous if previous else None  # no step: JSON has no NaN
 
 
+def _validation_summary(state, examples: int) -> dict[str, Any]:
+    """Which checkpoint the final adapter is (lowest evaluation loss) and the last step's loss, from the
+    Trainer's state, which a resumed run restores from its checkpoint. JSON has no NaN: a loss that is
+    not finite is None (it never wins: a run whose losses all were has no best step and keeps its last adapter)."""
+    last = next((e["eval_loss"] for e in state.log_history if "eval_loss" in e and e["step"] == state.global_step), None)
+    return {
+        "examples": examples,
+        "best_step": state.best_global_step,
+        "best_eval_loss": state.best_metric if state.best_global_step else None,
+        "last_step": state.global_step,
+        "last_eval_loss": last if last is not None and math.isfinite(last) else None,
+    }
+
+
 def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dtype, device: torch.device) -> TrainingArguments:
     """LLM-Adapters' Trainer settings (AdamW, linear decay after warm-up, effective batch split
     over micro-batches and processes); bf16/fp16 autocast follows the model's precision.
@@ -388,10 +506,15 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         # passed only when on: transformers 5 warns about the (still working) argument whenever it is set
         **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
         logging_steps=t.logging_steps,
-        report_to="none",
+        report_to=[name for name in config.training.report_to if name not in ("tensorboard", "none")] or "none",
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
+        # With a validation split: the evaluation loss at every eval_steps and at the last step, and the
+        # checkpoint where it was lowest reloaded at the end (RoSATrainer keeps it out of rotation).
+        **(dict(eval_strategy="steps", eval_steps=t.eval_steps or t.save_steps, per_device_eval_batch_size=t.micro_batch_size,
+                prediction_loss_only=True, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                greater_is_better=False) if t.val_set_size else {}),
         seed=config.seed,
         data_seed=config.seed,
         remove_unused_columns=False,

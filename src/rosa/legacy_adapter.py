@@ -1,0 +1,93 @@
+"""Adapters saved by rosa 0.1 (before RoSA became a PEFT method), read so they keep working.
+
+rosa 0.1 wrote ``adapter_config.json`` with ``"format": "rosa-roae"`` (no ``peft_type``) and keyed the
+tensors by layer index (``layers.3.q.A.weight``). Such an adapter is put on a fresh RoSA ``PeftModel``
+built from its recorded settings, which checks the recorded base exactly as a PEFT adapter's is
+checked; ``save_pretrained`` on the result writes it in the current (PEFT) format:
+``rosa.loading.load_adapter(base, old_dir).save_pretrained(new_dir)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from rosa.config import RoSAConfig
+from rosa.errors import AdapterLoadError, RoSAConfigError
+from rosa.serialization import CONFIG_NAME, WEIGHTS_NAME
+
+FORMAT = "rosa-roae"
+FORMAT_VERSION = 2  # version 1 assumed rotate-half pairing everywhere: refused
+
+
+def is_legacy(header: dict) -> bool:
+    return header.get("format") == FORMAT
+
+
+def load_legacy_adapter(base_model: nn.Module, directory: str | os.PathLike, is_trainable: bool = False):
+    """A ``PeftModel`` carrying the rosa 0.1 adapter in ``directory``."""
+    from rosa.model import get_rosa_model
+
+    config = _legacy_config(directory)
+    tensors = _legacy_tensors(directory)
+    model = get_rosa_model(base_model, config)
+    adapters = model.base_model.roae_adapters()
+    expected = {  # rosa 0.1's "layers.3.q.A.weight" is layer 3's parameter "q_A"
+        f"layers.{index}.{name.replace('_', '.')}.weight": parameter
+        for index, adapter in adapters.items()
+        for name, parameter in adapter.named_parameters()
+    }
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong_shape = [name for name in set(expected) & set(tensors) if tensors[name].shape != expected[name].shape]
+    if missing or unexpected or wrong_shape:
+        model.unload()
+        raise AdapterLoadError(
+            f"adapter in '{directory}' does not match its own config: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, other shapes {sorted(wrong_shape)[:5]}. The file is foreign or corrupted."
+        )
+    with torch.no_grad():
+        for name, parameter in expected.items():
+            parameter.copy_(tensors[name])
+            parameter.requires_grad_(is_trainable)
+    if not is_trainable:
+        model.eval()
+    return model
+
+
+def _legacy_config(directory) -> RoSAConfig:
+    path = Path(directory) / CONFIG_NAME
+    header = json.loads(path.read_text())
+    version = header.get("format_version")
+    if version == 1:
+        raise AdapterLoadError(
+            f"{path} was saved by an older rosa (format_version 1), which assumed every model pairs its RoPE "
+            "dimensions rotate-half and did not record the layout it adapted (wrong on interleaved families such "
+            "as Cohere or GLM). Train the adapter again with this rosa."
+        )
+    if version != FORMAT_VERSION:
+        raise AdapterLoadError(f"{path} has format_version {version!r}, which no rosa release wrote; the file is corrupted.")
+    try:
+        saved = dict(header["base_model"])
+        name_or_path = saved.pop("name_or_path", None)
+        return RoSAConfig(**header["config"], base_geometry=saved, base_model_name_or_path=name_or_path or None)
+    except (KeyError, TypeError, ValueError, RoSAConfigError) as err:
+        raise AdapterLoadError(f"adapter config in '{path}' is malformed: {err}") from err
+
+
+def _legacy_tensors(directory) -> dict[str, torch.Tensor]:
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise AdapterLoadError(f"no {WEIGHTS_NAME} in '{directory}'; the adapter directory is incomplete.")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise AdapterLoadError(
+            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupted. Restore it "
+            "from a good copy or save the adapter again."
+        ) from err
