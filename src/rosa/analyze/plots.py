@@ -16,6 +16,8 @@ from rosa.analyze.activations import layer_ranges
 LOW_FREQUENCY_COLOR = "crimson"
 # not trained, warm-up, exploit, explore (rosa.analyze.selection.CATEGORIES)
 SELECTION_COLORS = ("#eeeeee", "#9e9e9e", "#1f77b4", "#ff7f0e")
+AFTER_LAST_STEP_HATCH = "//"
+AFTER_LAST_STEP_WIDTH = 0.03  # of the steps axis: the band that shows the selection made after the last step
 MAX_TICKS = 32
 
 
@@ -32,6 +34,17 @@ def _frequency_label(frequency: float | None) -> str:
 def _short(name: str) -> str:
     """The last part of a model path or hub id, so a long local path cannot push the title off the figure."""
     return name.rstrip("/").rsplit("/", 1)[-1] or name
+
+
+def _measured_after(report: dict[str, Any]) -> str:
+    """What the states passed through: with an adapter they are not the base model's (RoAE modulates
+    them, a LoRA changes the projections before RoPE), and a title saying only "after RoPE" would pass
+    them off as the base model's. ``adapter`` is the path ``rosa analyze activations --adapter`` records."""
+    adapter = report.get("adapter")
+    if not adapter:
+        return "after RoPE"
+    tail = "/".join(str(adapter).rstrip("/").split("/")[-2:])  # a run's adapter is RUN/adapter: keep the run's name
+    return f"after RoPE and the adapter ({tail})"
 
 
 def _runs(flags: list[bool]) -> list[tuple[int, int]]:
@@ -104,13 +117,15 @@ def strength_heatmap(report: dict[str, Any], state: str) -> Figure:
     if np.isnan(values).any():
         handles.append(Patch(facecolor="white", edgecolor="grey", label="not observed (split off before RoPE)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-    ax.set_title(f"{_short(report['model'])}: {state} states after RoPE, per layer and head dimension\n"
+    ax.set_title(f"{_short(report['model'])}: {state} states {_measured_after(report)}, per layer and head dimension\n"
                  f"activation strength over {report['tokens']:,} tokens ({report['prompts']} prompts)")
     return fig
 
 
 def selection_heatmap(summary: dict[str, Any]) -> Figure:
-    """Layers x optimizer steps, coloured by what each layer did at each step."""
+    """Layers x optimizer steps, coloured by what each layer did at each step. A selection made after
+    the last step is drawn hatched, past the dashed end of training: it is counted in the selection
+    events, so the heatmap shows it too."""
     matrix = np.array(summary["matrix"], dtype=float).reshape(summary["n_layers"], summary["steps"])
     fig = Figure(figsize=(10.0, min(10.0, max(3.5, 0.25 * summary["n_layers"] + 2))), layout="constrained")
     ax = fig.add_subplot()
@@ -120,6 +135,7 @@ def selection_heatmap(summary: dict[str, Any]) -> Figure:
                       norm=norm, extent=(0.5, summary["steps"] + 0.5, -0.5, summary["n_layers"] - 0.5))
     colorbar = fig.colorbar(image, ax=ax, ticks=range(len(categories)))
     colorbar.ax.set_yticklabels(categories)
+    _draw_after_last_step(fig, ax, summary)
     ax.set_yticks(_tick_positions(summary["n_layers"]))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("layer")
@@ -128,15 +144,47 @@ def selection_heatmap(summary: dict[str, Any]) -> Figure:
     return fig
 
 
+def _draw_after_last_step(fig: Figure, ax, summary: dict[str, Any]) -> None:
+    """Hatched cells for the selections that trained nothing, in a band past the dashed end of
+    training where the next step would be (at least :data:`AFTER_LAST_STEP_WIDTH` of the axis, so it
+    stays visible in a long run), and a legend saying what they are."""
+    untrained = summary.get("after_last_step") or []
+    if not untrained:
+        return
+    end = summary["steps"] + 0.5
+    width = max(1, round(AFTER_LAST_STEP_WIDTH * summary["steps"]))
+    for record in untrained:
+        color = SELECTION_COLORS[2 if record["kind"] == "exploit" else 3]
+        for layer in record["selected"]:
+            ax.add_patch(Rectangle((end, layer - 0.5), width, 1, facecolor=color, alpha=0.5,
+                                   hatch=AFTER_LAST_STEP_HATCH, edgecolor="black", linewidth=0))
+    ax.axvline(end, color="black", linestyle="--", linewidth=1)
+    ax.set_xlim(0.5, end + width)
+    fig.legend(handles=[_after_last_step_patch(summary)], loc="outside lower center", frameon=False)
+
+
+def _after_last_step_patch(summary: dict[str, Any]) -> Patch:
+    return Patch(facecolor="white", edgecolor="black", hatch=AFTER_LAST_STEP_HATCH,
+                 label=f"selected after the last step ({summary['steps']}): counted, but trained nothing")
+
+
 def selection_frequency(summary: dict[str, Any]) -> Figure:
     """Per layer, how many selection events chose it, split into exploit and explore."""
     layers = [row["layer"] for row in summary["layers"]]
-    exploit = [row["exploit"] for row in summary["layers"]]
-    explore = [row["explore"] for row in summary["layers"]]
     fig = Figure(figsize=(min(16.0, max(6.0, 0.3 * len(layers) + 3)), 4.0), layout="constrained")
     ax = fig.add_subplot()
-    ax.bar(layers, exploit, color=SELECTION_COLORS[2], label="exploit (top-k by score)")
-    ax.bar(layers, explore, bottom=exploit, color=SELECTION_COLORS[3], label="explore (random)")
+    bottom = np.zeros(len(layers))
+    for kind, color, label in (("exploit", SELECTION_COLORS[2], "exploit (top-k by score)"),
+                               ("explore", SELECTION_COLORS[3], "explore (random)")):
+        after = np.array([row.get("after_last_step", {}).get(kind, 0) for row in summary["layers"]])
+        trained = np.array([row[kind] for row in summary["layers"]]) - after
+        ax.bar(layers, trained, bottom=bottom, color=color, label=label)
+        if after.any():  # the part of the count that trained nothing, hatched on top of its kind
+            ax.bar(layers, after, bottom=bottom + trained, color=color, alpha=0.5, hatch=AFTER_LAST_STEP_HATCH,
+                   edgecolor="black", linewidth=0)
+        bottom = bottom + trained + after
+    if summary.get("after_last_step"):
+        fig.legend(handles=[_after_last_step_patch(summary)], loc="outside lower center", frameon=False)
     ax.set_xticks(_tick_positions(len(layers)))
     ax.set_xlabel("layer")
     ax.set_ylabel("times selected")

@@ -3,8 +3,13 @@
 Step numbering follows the selector (``rosa.dls.selector``): column ``j`` of the step matrix is the
 selector's step ``j``, i.e. optimizer step ``j + 1`` as the Trainer counts. Columns before the first
 selection's ``step`` are warm-up (every layer trains); a selection recorded with ``step = s`` trains
-its layers from column ``s`` until the next selection. A selection made at the very last step is
-counted as a selection event but trains no step of the run.
+its layers from column ``s`` until the next selection.
+
+A selection made after the last optimizer step (``step`` >= the step count: the selector reselects
+after every interval, the final one included) trains no step of the run. It stays a selection event
+in the counts (a real selection, recorded like the others), and every view marks it:
+``after_last_step`` in the summary and per layer, a hatched band past the end of training in the
+heatmap, hatching in the frequency bars. So the counts and the heatmap show the same selections.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ def selection_summary(history: dict[str, Any], run_name: str) -> dict[str, Any]:
     config = DLSConfig.from_dict(history["config"])
     n_layers, records = int(history["n_layers"]), _records(history)
     matrix = step_matrix(history)
+    n_steps = int(history["step_count"])
+    untrained = [r for r in records if r["step"] >= n_steps]
     layers = []
     for layer in range(n_layers):
         counts = {kind: sum(layer in r["selected"] for r in records if r["kind"] == kind) for kind in KINDS}
@@ -82,6 +89,7 @@ def selection_summary(history: dict[str, Any], run_name: str) -> dict[str, Any]:
             "total": total,
             "fraction": total / len(records) if records else 0.0,
             "trained_steps": int(np.isin(matrix[layer], (WARMUP, EXPLOIT, EXPLORE)).sum()),
+            "after_last_step": {kind: sum(layer in r["selected"] for r in untrained if r["kind"] == kind) for kind in KINDS},
         })
     return {
         "run": run_name,
@@ -91,6 +99,8 @@ def selection_summary(history: dict[str, Any], run_name: str) -> dict[str, Any]:
         "warmup": config.warmup,
         "steps": int(history["step_count"]),
         "selection_events": len(records),
+        # counted in selection_events, but made after the last optimizer step: they trained nothing
+        "after_last_step": [{"step": r["step"], "kind": r["kind"], "selected": list(r["selected"])} for r in untrained],
         "step_axis": "column j is optimizer step j+1 (the selector's step j)",
         "categories": list(CATEGORIES),
         "layers": layers,

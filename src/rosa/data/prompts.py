@@ -12,7 +12,7 @@ revision; the strings are pinned in ``tests/test_prompts.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 INDENT = " " * 16
@@ -77,3 +77,13 @@ def tokenize_for_training(
         prompt_ids = tokenizer(train_prompt({**record, "output": ""}), truncation=True, max_length=cutoff_len)["input_ids"]
         labels[: len(prompt_ids)] = [-100] * min(len(prompt_ids), len(labels))
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def training_lengths(records: Sequence[Mapping[str, str]], tokenizer: Any) -> list[tuple[int, int]]:
+    """Per record, the untruncated token counts of its training prompt without and with the response
+    (EOS not counted), as :func:`tokenize_for_training` splits them: the response is the tokens from
+    the first count up to the second, so a ``cutoff_len`` at or below the first keeps none of it
+    and one below the second cuts it. Tokenized as one batch: this runs over a whole data set."""
+    full = tokenizer([train_prompt(r) for r in records])["input_ids"]
+    prompts = tokenizer([train_prompt({**r, "output": ""}) for r in records])["input_ids"]
+    return [(len(p), len(f)) for p, f in zip(prompts, full)]

@@ -53,10 +53,18 @@ def _prefill(model: Any, batch: dict[str, torch.Tensor], num_beams: int) -> Any:
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True).past_key_values
+    output = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True)
+    name = _cache_name(output)
+    cache = output[name]
     if num_beams > 1:
         cache.batch_repeat_interleave(num_beams)
-    return cache
+    return {name: cache}
+
+
+def _cache_name(output: Any) -> str:
+    """``cache`` since transformers renamed ``past_key_values`` (5.x releases that know both warn on the
+    old name, which 6.0 removes); ``past_key_values`` on earlier 5.x releases."""
+    return "cache" if "cache" in output.keys() else "past_key_values"
 
 
 @torch.no_grad()
@@ -68,7 +76,7 @@ def generate_responses(
     batch = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
     device = next(model.parameters()).device
     batch = {name: tensor.to(device) for name, tensor in batch.items()}
-    sequences = model.generate(**batch, past_key_values=_prefill(model, batch, config.num_beams), generation_config=config)
+    sequences = model.generate(**batch, **_prefill(model, batch, config.num_beams), generation_config=config)
     width = batch["input_ids"].shape[1]
     responses = []
     for row, mask in enumerate(batch["attention_mask"]):

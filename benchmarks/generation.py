@@ -1,0 +1,134 @@
+"""What an adapter costs at inference: prefill and decode time of the base model, RoSA, and LoRA
+unmerged and merged at RoSA's parameter budget, measured side by side in one process.
+
+    python benchmarks/generation.py [--model GGUF_OR_DIR] [--dtype fp32|bf16] [--batch-sizes 1,8]
+                                    [--decodings greedy,beam4] [--new-tokens 32] [--rounds 4] [--json out.json]
+
+Every variant shares the base's frozen weights (RoSA wraps the attention blocks, unmerged LoRA
+wraps the projections, merged LoRA is a second copy with the update folded in). Rounds are
+interleaved (each round times every variant once, in turn), and both the wall clock and the
+process's CPU time are recorded: on a shared machine a slow spell falls on all variants, and CPU
+time is what a busy neighbour disturbs least. Prefill is one forward pass over the prompt batch;
+decode is ``generate`` starting from that prefill's KV cache (as ``rosa eval`` runs it), so the two
+are reported separately. Adapters carry random non-zero weights, and each variant's generated tokens
+are printed as a check that the adapters act.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from rosa import RoSAConfig, get_rosa_model
+from rosa.eval.generation import _prefill, generation_config
+from rosa.loading import load_base_model, load_tokenizer
+
+PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+          "### Instruction:\nPlease answer the following question with true or false. Question: is the sky blue "
+          "on a clear day?\n\n### Response:\n")
+
+
+def randomize(model, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and ("_B" in name or "lora_B" in name):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator).to(parameter.dtype) * 0.5)
+
+
+def variants(base, lora_rank: int) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    rosa = get_rosa_model(copy.deepcopy(base), RoSAConfig(targets=("q", "k"), init_seed=0))
+    randomize(rosa)
+    lora = get_peft_model(copy.deepcopy(base), LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                                          target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]))
+    randomize(lora)
+    merged = copy.deepcopy(lora).merge_and_unload()
+    return {"base": base, "rosa": rosa.eval(), "lora": lora.eval(), "lora-merged": merged.eval()}
+
+
+def lora_rank_matching(base, rosa_params: int) -> int:
+    """The LoRA rank (q,k,v,up,down) whose trainable count is closest to RoSA's (at least 1)."""
+    from peft import LoraConfig, get_peft_model
+
+    one = get_peft_model(copy.deepcopy(base), LoraConfig(r=1, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]))
+    per_rank = one.get_nb_trainable_parameters()[0]
+    return max(1, round(rosa_params / per_rank))
+
+
+def timed(function) -> tuple[float, float, object]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+@torch.no_grad()
+def measure(model, batch, config) -> dict:
+    """Prefill: the KV cache of the prompts (all but the last token, copied to each beam), as ``rosa eval``
+    computes it; decode: ``generate`` from that cache, every new token."""
+    prefill_wall, prefill_cpu, cache = timed(lambda: _prefill(model, batch, config.num_beams))
+    decode_wall, decode_cpu, sequences = timed(lambda: model.generate(**batch, **cache, generation_config=config))
+    return {"prefill": (prefill_wall, prefill_cpu), "decode": (decode_wall, decode_cpu), "tokens": sequences[:, batch["input_ids"].shape[1]:].tolist()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="../shared/models/SmolLM2-135M-Instruct-GGUF")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--decodings", default="greedy,beam4")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(args.model)
+    base = load_base_model(args.model, precision=args.dtype, device=torch.device("cpu")).eval()
+    rosa_params = get_rosa_model(copy.deepcopy(base), RoSAConfig(targets=("q", "k"))).get_nb_trainable_parameters()[0]
+    rank = lora_rank_matching(base, rosa_params)
+    models = variants(base, rank)
+    results = []
+    for batch_size in map(int, args.batch_sizes.split(",")):
+        batch = tokenizer([PROMPT] * batch_size, return_tensors="pt", padding=True, padding_side="left")
+        for decoding in args.decodings.split(","):
+            config = generation_config(decoding, args.new_tokens, tokenizer)
+            config.min_new_tokens = args.new_tokens  # every variant decodes the same number of tokens
+            for model in models.values():
+                measure(model, batch, config)  # warm-up
+            samples = {name: [] for name in models}
+            for _ in range(args.rounds):
+                for name, model in models.items():
+                    samples[name].append(measure(model, batch, config))
+            for phase in ("prefill", "decode"):
+                for clock, index in (("wall", 0), ("cpu", 1)):
+                    medians = {name: statistics.median(s[phase][index] for s in runs) for name, runs in samples.items()}
+                    results.append({"batch_size": batch_size, "decoding": decoding, "phase": phase, "clock": clock,
+                                    "seconds": medians, "ratio_to_base": {n: medians[n] / medians["base"] for n in medians}})
+            acts = {name: runs[0]["tokens"] != samples["base"][0]["tokens"] for name, runs in samples.items() if name != "base"}
+            print(f"batch {batch_size}, {decoding}: generated tokens differ from the base's: {acts}", flush=True)
+
+    print(f"\nmodel {args.model} ({args.dtype}); RoSA q,k on every layer: {rosa_params:,d} parameters; LoRA r={rank} on "
+          f"q,k,v,up,down; {args.new_tokens} new tokens; median of {args.rounds} interleaved rounds")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads\n")
+    print(f"{'batch':>5} {'decoding':>8} {'phase':>7} {'clock':>5} {'base s':>8} {'rosa':>7} {'lora':>7} {'merged':>7}")
+    for row in results:
+        r = row["ratio_to_base"]
+        print(f"{row['batch_size']:>5} {row['decoding']:>8} {row['phase']:>7} {row['clock']:>5} {row['seconds']['base']:>8.3f} "
+              f"{r['rosa']:>6.3f}x {r['lora']:>6.3f}x {r['lora-merged']:>6.3f}x")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"args": vars(args), "rosa_params": rosa_params, "lora_rank": rank, "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Without autograd RoAE modulates the freshly rotated states in place: the same bits as the training path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import randomize_adapters, tiny_model
+from rosa import RoSAConfig, get_rosa_model
+from rosa.roae.layer import _scale_low_dims_in_place, _ScaleLowDims
+
+
+@pytest.mark.parametrize("family", ["llama", "phi", "gpt_neox"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [1.0, 0.7])
+def test_inference_gives_the_training_paths_logits_and_generations(family, dtype, alpha, tokens):
+    model = get_rosa_model(tiny_model(family, dtype=dtype), RoSAConfig(targets=("q", "k"), alpha=alpha, init_seed=0))
+    randomize_adapters(model)
+    with torch.no_grad():
+        inference = model(tokens).logits
+        generated = model.generate(tokens, max_new_tokens=6, do_sample=False)
+        uncached = model.generate(tokens, max_new_tokens=6, do_sample=False, use_cache=False)
+    training = model(tokens).logits  # adapter parameters require grad: the autograd path
+    assert training.requires_grad and torch.equal(inference, training.detach())
+    assert torch.equal(generated, uncached)
+
+
+def test_the_in_place_path_copies_a_view_instead_of_writing_through_it():
+    whole = torch.randn(2, 3, 4, 8)
+    before = whole.clone()
+    view = whole[:, :2]
+    low_dims, scale = torch.tensor([1, 5]), torch.randn(2, 2, 4, 2)
+    out = _scale_low_dims_in_place(view, scale, low_dims)
+    assert torch.equal(whole, before)  # the tensor behind the view is untouched
+    assert torch.equal(out, _ScaleLowDims.apply(view, scale, low_dims))
+    fresh = view.clone()
+    assert _scale_low_dims_in_place(fresh, scale, low_dims) is fresh and torch.equal(fresh, out)
