@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from datasets import Dataset
 from peft import PeftModel
@@ -140,3 +139,14 @@ def test_a_quanto_int8_base_trains_and_reloads(tmp_path):
     reloaded = PeftModel.from_pretrained(quantised(), tmp_path / "checkpoint-2")
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, model.eval()(ids).logits)
+
+
+def test_the_trainers_activation_checkpointing_reaches_rosas_non_reentrant_setup(tmp_path):
+    """The Trainer calls ``activation_checkpointing_enable`` on the PeftModel: it must reach the tuner's
+    (non-reentrant, embedding output left without grad so backward can stop early), not the base's."""
+    model = get_rosa_model(tiny_model("llama"), RoSAConfig(targets=("q", "k"), init_seed=0))
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to="none",
+                             use_cpu=True, activation_checkpointing=True)
+    Trainer(model=model, args=args, train_dataset=RandomTokens()).train()
+    base = model.get_base_model()
+    assert base.is_activation_checkpointing and not hasattr(base, "_require_grads_hook")

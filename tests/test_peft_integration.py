@@ -80,7 +80,7 @@ def test_peft_loaders_reproduce_the_saved_adapter(tmp_path, ids):
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "ROSA" and saved["task_type"] == "CAUSAL_LM"
     assert saved["base_model_name_or_path"] == str(STORIES)
-    assert all(key.rsplit(".", 2)[1:] in (["rosa_roae", p] for p in ("q_A", "q_B", "k_A", "k_B"))
+    assert all(key.rsplit(".", 2)[1:] in (["rosa_roae", p] for p in ("q_A", "q_B", "k_A", "k_B", "low_frequencies"))
                for key in load_file(tmp_path / "adapter_model.safetensors"))
 
     loaded = PeftModel.from_pretrained(stories(), tmp_path)
@@ -116,7 +116,7 @@ def test_adapters_are_added_switched_deleted_and_loaded_under_any_name(tmp_path,
         assert torch.equal(model(ids).logits, first_logits)  # the weights really arrived under the new name
     for name, tensor in load_file(tmp_path / "adapter_model.safetensors").items():
         key = name.replace(".rosa_roae.", ".rosa_roae.other.").replace("base_model.model.", "", 1)
-        assert torch.equal(model.base_model.model.get_parameter(key), tensor)
+        assert torch.equal(model.base_model.model.state_dict()[key], tensor)
     assert sorted(model.roae_adapters("other")) == [0, 1, 2, 3, 4] and sorted(model.roae_adapters("default")) == [1, 3]
 
     with pytest.raises(ValueError, match="one adapter at a time"):
@@ -181,16 +181,15 @@ def test_the_model_card_names_base_settings_budget_dls_and_citation(tmp_path):
 
 
 def test_unsupported_peft_is_refused_with_the_versions(monkeypatch):
-    monkeypatch.setattr(rosa.registration, "_unsupported", None)
     monkeypatch.setattr(peft, "__version__", "0.15.2")
-    rosa.registration.register()
+    rosa.registration.register(RoSAConfig, RoSAModel)  # registers nothing, raises nothing
     with pytest.raises(rosa.UnsupportedPeftError, match=r"RoSA needs peft >= .*peft 0\.15\.2 is installed.*pip install"):
         RoSAConfig()
 
 
 def test_registration_is_idempotent_and_extends_peft_type_once():
     before = list(peft.PeftType)
-    rosa.registration.register()
+    rosa.registration.register(RoSAConfig, RoSAModel)
     assert list(peft.PeftType) == before and before.count(peft.PeftType.ROSA) == 1
     assert peft.PeftType("ROSA") is peft.PeftType.ROSA and peft.PeftType.ROSA == "ROSA"
     assert peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING["ROSA"] is RoSAConfig
@@ -257,9 +256,13 @@ def write_legacy_adapter(model, directory) -> None:
     directory.mkdir()
     tensors = {f"layers.{i}.{name.replace('_', '.')}.weight": p.detach().clone()
                for i, adapter in model.roae_adapters().items() for name, p in adapter.named_parameters()}
+    assert len(tensors) == 5 * 4
     save_file(tensors, directory / "adapter_model.safetensors", metadata={"format": "rosa-roae"})
+    # rosa 0.1 recorded the rotary groups without their frequencies
+    geometry = {**config.base_geometry, "rotary": [{k: v for k, v in group.items() if k != "frequencies"}
+                                                   for group in config.base_geometry["rotary"]]}
     header = {"format": "rosa-roae", "format_version": 2, "rosa_version": "0.1.0", "config": config.settings(),
-              "base_model": {**config.base_geometry, "name_or_path": str(STORIES)}, "adapted_layers": sorted(tensors)}
+              "base_model": {**geometry, "name_or_path": str(STORIES)}, "adapted_layers": sorted(tensors)}
     (directory / "adapter_config.json").write_text(json.dumps(header))
 
 
@@ -300,5 +303,50 @@ def test_peft_loaders_refuse_a_file_missing_some_tensors_instead_of_warning(tmp_
     with pytest.raises(AdapterLoadError, match=r"missing \[.*layers\.2\.self_attn\.rosa_roae\.default\.k_A"):
         PeftModel.from_pretrained(stories(), tmp_path)
     other = get_rosa_model(stories(), RoSAConfig())
-    with pytest.raises(AdapterLoadError, match=r"adapter 'second'.*nothing was loaded"):
+    with pytest.raises(AdapterLoadError, match=r"missing \[.*layers\.2\.self_attn\.rosa_roae\.second\..*nothing was loaded"):
         other.load_adapter(str(tmp_path), adapter_name="second")
+
+
+def other_rope_theta():
+    base = stories()
+    base.config.rope_parameters["rope_theta"] = 500.0
+    base.model.rotary_emb = type(base.model.rotary_emb)(base.config)
+    return base
+
+
+def test_weights_loaded_into_an_existing_adapter_are_checked_against_the_base(tmp_path, ids):
+    """PEFT reads no config when loading into an existing adapter name (as the Trainer does on resume):
+    the saved per-layer frequencies still tell another base apart."""
+    foreign = get_rosa_model(other_rope_theta(), RoSAConfig(targets=("q", "k")))
+    randomize_adapters(foreign)
+    foreign.save_pretrained(tmp_path)
+    model = get_rosa_model(stories(), RoSAConfig(targets=("q", "k")))
+    with torch.no_grad():
+        before = model(ids).logits
+    with pytest.raises(AdapterLoadError, match="other rotary frequencies"):
+        model.load_adapter(str(tmp_path), adapter_name="default")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)  # nothing was loaded
+
+
+def test_keys_matching_nothing_are_refused_on_every_loading_path(tmp_path):
+    from safetensors.torch import save_file
+
+    model = get_rosa_model(stories(), RoSAConfig(targets=("q", "k")))
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "adapter_model.safetensors")
+    save_file({k.replace(".layers.", ".blocks."): v for k, v in weights.items()}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(AdapterLoadError, match=r"unexpected \[.*blocks\.0"):
+        PeftModel.from_pretrained(stories(), tmp_path)
+    other = get_rosa_model(stories(), RoSAConfig(targets=("q", "k")))
+    with pytest.raises(AdapterLoadError, match=r"unexpected \[.*blocks\.0"):
+        other.load_adapter(str(tmp_path), adapter_name="second")
+
+
+def test_low_cpu_mem_usage_loading_gives_the_same_model(tmp_path, ids):
+    model = get_rosa_model(stories(), RoSAConfig(targets=("q", "k")))
+    randomize_adapters(model)
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = model(ids).logits
+        assert torch.equal(PeftModel.from_pretrained(stories(), tmp_path, low_cpu_mem_usage=True)(ids).logits, expected)

@@ -141,3 +141,21 @@ def test_the_nested_indexer_is_shielded_only_while_rosa_needs_it():
     assert hooked() == [True] * len(indexers)
     model.unload()
     assert hooked() == [False] * len(indexers)
+
+
+def test_a_deep_copy_carries_its_own_shields():
+    """Unloading a copy of a RoSA model gives back the copy's shields, never the original's."""
+    import copy
+
+    from rosa import RoSAConfig, get_rosa_model
+
+    model = get_rosa_model(rope_coverage.tiny_model("hy_v4"), RoSAConfig())
+    twin = copy.deepcopy(model)
+    unloaded = twin.unload()
+
+    def shields(root):
+        return [m.__dict__.get("_rosa_shield", {}).get("holders") for m in root.modules() if type(m).__name__ == "HYV4Indexer"]
+
+    assert shields(unloaded) and set(shields(unloaded)) == {None}
+    assert set(shields(model)) == {1}
+    assert all(m._forward_pre_hooks for m in model.modules() if type(m).__name__ == "HYV4Indexer")

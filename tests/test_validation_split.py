@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import DATA, STORIES, require
 from rosa.cli import main
+from rosa.errors import RoSAConfigError
 from rosa.train.config import ExperimentConfig, TrainingSettings
 from rosa.train.recipe import training_arguments, validation_split
 from rosa.train.trainer import RoSATrainer
@@ -58,10 +59,11 @@ def config(val_set_size: int, seed: int = 42) -> ExperimentConfig:
 
 
 def test_the_split_holds_out_exactly_val_set_size_records_drawn_by_the_seed_alone():
-    records = list(range(50))
+    records = [{"index": i, "labels": [-100, i]} for i in range(50)]
     train, held = validation_split(records, config(12))
-    assert len(held) == 12 and len(train) == 38 and sorted(train + held) == records
-    assert train == sorted(train), "the training records keep their order"
+    order = [e["index"] for e in train]
+    assert len(held) == 12 and len(train) == 38 and sorted(order + [e["index"] for e in held]) == list(range(50))
+    assert order == sorted(order), "the training records keep their order"
     assert validation_split(records, config(12)) == (train, held), "the same split on resume and on every process"
     assert validation_split(records, config(12, seed=7))[1] != held
     assert validation_split(records, config(0)) == (records, [])
@@ -204,3 +206,15 @@ def test_a_split_that_leaves_nothing_to_train_on_is_refused_before_anything_is_w
     assert rosa_train(tmp_path / "run", ["train", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_held_out_examples_without_a_loss_token_are_not_evaluated():
+    """With the prompt masked, a response the cutoff removed leaves no loss token: evaluating it would
+    make the evaluation loss NaN (0/0) and no checkpoint could ever be best."""
+    kept = {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}
+    emptied = {"input_ids": [1, 2, 3], "labels": [-100, -100, -100]}
+    examples = [kept, emptied] * 10
+    training, evaluated = validation_split(examples, config(6))
+    assert len(training) == 14 and evaluated and all(e is kept for e in evaluated)
+    with pytest.raises(RoSAConfigError, match="none of the 6 held-out examples keeps a token"):
+        validation_split([emptied] * 20, config(6))

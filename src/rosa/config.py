@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Optional
 from peft import PeftConfig
 
 from rosa.errors import RoSAConfigError
+from rosa.model_card import write_model_card
+from rosa.registration import require_peft_method
 
 VALID_TARGETS = ("q", "k")
 DLS_MODES = ("skip", "zero", "freeze")
@@ -54,8 +56,6 @@ class RoSAConfig(PeftConfig):
     SETTINGS: ClassVar[tuple[str, ...]] = ("rank", "alpha", "r_low", "targets", "layers", "adapter_dtype", "init_seed")
 
     def __post_init__(self):
-        from rosa.registration import require_peft_method
-
         self.peft_type = require_peft_method()
         if self.task_type is None:
             self.task_type = "CAUSAL_LM"  # RoAE adapts causal LMs only
@@ -107,8 +107,6 @@ class RoSAConfig(PeftConfig):
         """PEFT saves each adapter's config last; the model card is written beside it (PEFT has no other
         hook for a method's card), updating the card PEFT has just written rather than replacing it."""
         super().save_pretrained(save_directory, **kwargs)
-        from rosa.model_card import write_model_card
-
         write_model_card(save_directory, self)
 
 

@@ -36,25 +36,28 @@ def load_legacy_adapter(base_model: nn.Module, directory: str | os.PathLike, is_
 
     config = _legacy_config(directory)
     tensors = _legacy_tensors(directory)
-    model = get_rosa_model(base_model, config)
-    adapters = model.base_model.roae_adapters()
-    expected = {  # rosa 0.1's "layers.3.q.A.weight" is layer 3's parameter "q_A"
-        f"layers.{index}.{name.replace('_', '.')}.weight": parameter
-        for index, adapter in adapters.items()
-        for name, parameter in adapter.named_parameters()
-    }
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong_shape = [name for name in set(expected) & set(tensors) if tensors[name].shape != expected[name].shape]
-    if missing or unexpected or wrong_shape:
+    model = get_rosa_model(base_model, config)  # checks the recorded base, as for any RoSA adapter
+    key_of = {id(tensor): key for key, tensor in model.state_dict(keep_vars=True).items()}
+    state, expected = {}, set()
+    for index, adapter in model.roae_adapters().items():
+        for name, tensor in adapter.state_dict(keep_vars=True).items():
+            if name == "low_frequencies":  # not in 0.1's files; the config check above covered the base
+                state[key_of[id(tensor)]] = tensor.detach()
+                continue
+            legacy = f"layers.{index}.{name.replace('_', '.')}.weight"  # rosa 0.1's name of layer 3's "q_A"
+            expected.add(legacy)
+            if legacy in tensors:
+                state[key_of[id(tensor)]] = tensors[legacy]
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
         model.unload()
         raise AdapterLoadError(
             f"adapter in '{directory}' does not match its own config: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, other shapes {sorted(wrong_shape)[:5]}. The file is foreign or corrupted."
+            f"{unexpected[:5]}. The file is foreign or corrupted."
         )
-    with torch.no_grad():
-        for name, parameter in expected.items():
-            parameter.copy_(tensors[name])
-            parameter.requires_grad_(is_trainable)
+    model.load_state_dict(state, strict=False)  # shapes are checked on the way in
+    for adapter in model.roae_adapters().values():
+        adapter.requires_grad_(is_trainable)
     if not is_trainable:
         model.eval()
     return model

@@ -28,7 +28,7 @@ from rosa.architecture import find_decoder_stack, text_config
 from rosa.config import RoSAConfig
 from rosa.errors import AdapterLoadError
 from rosa.registration import PREFIX
-from rosa.roae.attention import MERGE_REFUSAL, RoSALayer
+from rosa.roae.attention import MERGE_REFUSAL, ONE_ADAPTER_AT_A_TIME, RoSALayer
 from rosa.roae.inject import BaseGeometry, adapter_dtype, base_geometry, new_adapter, requested_layers
 from rosa.roae.layer import RoAE
 from rosa.roae.probe import find_attention
@@ -58,6 +58,10 @@ class RoSAModel(BaseTuner):
     tuner_layer_cls = RoSALayer
     target_module_mapping: dict = {}  # RoSA measures which modules to wrap; nothing is chosen by name
 
+    def __init__(self, model: nn.Module, peft_config, adapter_name: str, **kwargs):
+        self._geometries: dict[str, BaseGeometry] = {}  # before BaseTuner.__init__, which injects the first adapter
+        super().__init__(model, peft_config, adapter_name, **kwargs)
+
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
                        low_cpu_mem_usage: bool = False, state_dict: dict | None = None) -> None:
         config = self.peft_config[adapter_name]
@@ -77,7 +81,9 @@ class RoSAModel(BaseTuner):
                                    low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
         finally:
             del self._injection
-        self.__dict__.setdefault("geometries", {})[adapter_name] = geometry
+        self._geometries[adapter_name] = geometry
+        if not hasattr(model, "_rosa_load_check"):
+            model._rosa_load_check = model.register_load_state_dict_pre_hook(_refuse_foreign_adapter_weights)
 
     def _prepare_adapter_config(self, peft_config: RoSAConfig, model_config: dict) -> RoSAConfig:
         return peft_config  # no target_modules to fill in
@@ -104,24 +110,6 @@ class RoSAModel(BaseTuner):
     def _check_merge_allowed(self) -> None:
         raise NotImplementedError(MERGE_REFUSAL)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        """Every PEFT release loads adapters with ``load_state_dict(strict=False)`` and only warns about
-        missing keys, so a file that lacks some layers' tensors would leave them at their initial values.
-        An adapter is loaded whole or not at all: refused here, before any tensor is copied."""
-        adapter_keys = {f"{prefix}{name}" for name, _ in self.named_parameters() if f".{self.tuner_layer_cls.adapter_layer_names[0]}." in f".{name}"}
-        for adapter_name in self.peft_config:
-            marker = f".{self.tuner_layer_cls.adapter_layer_names[0]}.{adapter_name}."
-            expected = {key for key in adapter_keys if marker in key}
-            given = {key for key in state_dict if marker in key}
-            if given and given != expected:
-                missing, unexpected = sorted(expected - given), sorted(given - expected)
-                raise AdapterLoadError(
-                    f"the weights given for RoSA adapter '{adapter_name}' do not match its config: missing "
-                    f"{missing[:4]}{' ...' * (len(missing) > 4)} ({len(missing)}), unexpected {unexpected[:4]}"
-                    f"{' ...' * (len(unexpected) > 4)} ({len(unexpected)}). The file is foreign or corrupted; nothing was loaded."
-                )
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
     def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
                                      adapter_names: list[str] | None = None) -> nn.Module:
         if merge:
@@ -132,25 +120,26 @@ class RoSAModel(BaseTuner):
             setattr(parent, name.rpartition(".")[2], layer.unload_and_optionally_merge_module(False, False, None))
         if hasattr(self.model, "peft_config"):
             del self.model.peft_config
+        if hasattr(self.model, "_rosa_load_check"):
+            self.model.__dict__.pop("_rosa_load_check").remove()
         return self.model
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
         if len(names) != 1:
-            raise ValueError(
-                f"RoSA runs one adapter at a time, got {names}: each adapter rescales the same rotated query/key "
-                "dims, so combining them has no defined meaning. Activate one adapter."
-            )
+            raise ValueError(ONE_ADAPTER_AT_A_TIME.format(names=names))
         super().set_adapter(adapter_name, inference_mode=inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        self.__dict__.get("geometries", {}).pop(adapter_name, None)
+        self._geometries.pop(adapter_name, None)
 
     @property
     def geometry(self) -> BaseGeometry:
         """The active adapter's view of the base: rotary groups, low-frequency pairs, layers without RoPE."""
-        return self.__dict__["geometries"][self.active_adapters[0]]
+        if not self._geometries:
+            raise ValueError("this RoSA model has no adapter left (all were deleted); add one with add_adapter().")
+        return self._geometries[self.active_adapters[0]]
 
     @property
     def nope_layers(self) -> list[int]:
@@ -163,17 +152,25 @@ class RoSAModel(BaseTuner):
         layers = (m for m in self.model.modules() if isinstance(m, RoSALayer) and name in m.rosa_roae)
         return {layer.rosa_roae[name].layer_index: layer.rosa_roae[name] for layer in layers}
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **options) -> None:
         """Non-reentrant checkpointing by default: the frozen base's inputs carry no gradient, and
         reentrant checkpointing would then drop the adapters' gradients. transformers makes the
         embedding output require grad whenever checkpointing is on; only the reentrant variant needs
-        that, so otherwise it is undone and backward stops at the lowest layer that trains."""
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        that, so otherwise it is undone and backward stops at the lowest layer that trains. (The
+        Trainer calls this name on the PeftModel, which reaches the tuner before the base model.)"""
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **options)
         if kwargs["use_reentrant"]:
             self.model.enable_input_require_grads()
         else:
             self.model.disable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options) -> None:
+        """The older name, still what PEFT's own helpers call."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
 
 
 def get_rosa_model(model: nn.Module, config: RoSAConfig | None = None, adapter_name: str = "default"):
@@ -220,14 +217,49 @@ def _check_same_base(current: dict, config: RoSAConfig) -> None:
         )
 
 
+def _refuse_foreign_adapter_weights(module, state_dict, prefix, *args) -> None:
+    """``load_state_dict`` pre-hook on the adapted model: RoSA weights load whole and onto this base, or not at all.
+
+    Every PEFT release (and transformers' ``load_adapter``) loads adapters with ``strict=False`` and
+    only warns about missing or unexpected keys, so a file lacking some layers, or with keys that
+    match nothing, would leave adapters at their initial values. And weights loaded into an existing
+    adapter name are not checked against the base (PEFT reads no config then): each layer's saved
+    ``low_frequencies`` are compared with the base's instead.
+    """
+    marker = f".{RoSALayer.adapter_layer_names[0]}."
+    given = [key for key in state_dict if marker in f".{key}"]
+    if not given:
+        return
+    own = {key: value for key, value in module.state_dict(prefix=prefix, keep_vars=True).items() if marker in f".{key}"}
+
+    def adapter_of(key: str) -> str:
+        return f".{key}".split(marker, 1)[1].split(".", 1)[0]
+
+    loading = {adapter_of(key) for key in given if key in own}
+    unexpected = sorted(key for key in given if key not in own)
+    missing = sorted(key for key in own if adapter_of(key) in loading and key not in state_dict)
+    if missing or unexpected:
+        raise AdapterLoadError(
+            f"the RoSA weights given do not match the adapter they load into: missing {missing[:4]}"
+            f"{' ...' * (len(missing) > 4)} ({len(missing)}), unexpected {unexpected[:4]}{' ...' * (len(unexpected) > 4)} "
+            f"({len(unexpected)}). The file is foreign or corrupted, or was made for other layers; nothing was loaded."
+        )
+    for key in given:
+        if key.endswith(".low_frequencies") and not torch.allclose(state_dict[key].float().cpu(), own[key].float().cpu(), rtol=0.05):
+            raise AdapterLoadError(
+                f"the RoSA weights given for {key.rsplit('.', 1)[0]} were made for other rotary frequencies "
+                f"({state_dict[key].tolist()} vs this base's {own[key].tolist()}): another base model. Nothing was loaded."
+            )
+
+
 def _same(saved, current) -> bool:
     """Equal, with measured frequencies equal within 5%: a base loaded in bf16 measures its rotary angles
     from bf16 cos/sin, a few parts in a thousand off its fp32 twin, while another rope_theta or scaling
     moves them by far more."""
     if isinstance(saved, float) and isinstance(current, float):
         return math.isclose(saved, current, rel_tol=0.05, abs_tol=1e-9)
-    if isinstance(saved, dict) and isinstance(current, dict):
-        return saved.keys() == current.keys() and all(_same(saved[k], current[k]) for k in saved)
+    if isinstance(saved, dict) and isinstance(current, dict):  # what an older record lacks is not compared
+        return saved.keys() <= current.keys() and all(_same(saved[k], current[k]) for k in saved)
     if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
         return len(saved) == len(current) and all(_same(a, b) for a, b in zip(saved, current))
     return saved == current
@@ -238,6 +270,6 @@ def _rotary_difference(saved: list[dict], current: list[dict]) -> str:
         return f"rotary layer groups: adapter {len(saved)} vs base {len(current)}"
     for old, new in zip(saved, current):
         for key, value in new.items():
-            if not _same(old.get(key), value):
+            if key in old and not _same(old[key], value):
                 return f"rotary {key} of layers {new['layers']}: adapter {old.get(key)} vs base {value}"
     return "rotary geometry"

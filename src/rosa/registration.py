@@ -31,9 +31,6 @@ class UnsupportedPeftError(RoSAError):
     """The installed peft cannot host RoSA."""
 
 
-_unsupported: str | None = None
-
-
 def _add_enum_member(enum_cls: type[enum.Enum], name: str) -> enum.Enum:
     if name in enum_cls.__members__:
         return enum_cls[name]
@@ -51,33 +48,30 @@ def _add_enum_member(enum_cls: type[enum.Enum], name: str) -> enum.Enum:
     return member
 
 
-def register() -> None:
-    """Make ``rosa`` a PEFT method (idempotent); on an unsupported peft, remember why not."""
-    global _unsupported
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import PeftType, register_peft_method
+def require_peft_method():
+    """``PeftType.ROSA`` (added to the enum on first use), or :class:`UnsupportedPeftError` naming the
+    installed and the supported peft versions."""
+    from peft.utils import PeftType
 
     installed = Version(peft.__version__)
     low, high = SUPPORTED_PEFT
     if not low <= installed < high:
-        _unsupported = (
+        raise UnsupportedPeftError(
             f"RoSA needs peft >= {low}, < {high} (the versions its PEFT integration is tested with); "
             f"peft {installed} is installed. Install a supported one: pip install 'peft>={low},<{high}'."
         )
+    return _add_enum_member(PeftType, NAME.upper())
+
+
+def register(config_cls: type, model_cls: type) -> None:
+    """Make RoSA a PEFT method (idempotent). On an unsupported peft nothing is registered: ``import rosa``
+    still works, and creating a ``RoSAConfig`` says why RoSA itself cannot."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.utils import register_peft_method
+
+    try:
+        peft_type = require_peft_method()
+    except UnsupportedPeftError:
         return
-    peft_type = _add_enum_member(PeftType, NAME.upper())
-    if peft_type in PEFT_TYPE_TO_TUNER_MAPPING:
-        return
-    from rosa.config import RoSAConfig
-    from rosa.model import RoSAModel
-
-    register_peft_method(name=NAME, config_cls=RoSAConfig, model_cls=RoSAModel, prefix=PREFIX)
-
-
-def require_peft_method():
-    """``PeftType.ROSA``, or :class:`UnsupportedPeftError` with the reason it could not be registered."""
-    if _unsupported:
-        raise UnsupportedPeftError(_unsupported)
-    from peft.utils import PeftType
-
-    return PeftType[NAME.upper()]
+    if peft_type not in PEFT_TYPE_TO_TUNER_MAPPING:
+        register_peft_method(name=NAME, config_cls=config_cls, model_cls=model_cls, prefix=PREFIX)

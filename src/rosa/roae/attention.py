@@ -18,6 +18,10 @@ from torch import nn
 from rosa.roae import rotary_hook
 from rosa.roae.layer import RoAE
 
+ONE_ADAPTER_AT_A_TIME = (
+    "RoSA runs one adapter at a time, got {names}: each adapter rescales the same rotated query/key dims, so "
+    "combining them has no defined meaning. Activate one adapter with set_adapter(name)."
+)
 MERGE_REFUSAL = (
     "RoAE cannot be merged into the base weights: its scale S = SiLU(B A H) depends on each token's "
     "hidden state, so no fixed weight matrix reproduces it. Keep the adapter unmerged (PeftModel), or "
@@ -39,8 +43,7 @@ class RoSALayer(nn.Module, BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self._active_adapter = adapter_name
         rotary_hook.install_rotary_wrapper(base_layer)
-        # Plain function attribute, not a module: released on unload (see unload_and_optionally_merge_module).
-        self.__dict__["_release_shield"] = rotary_hook.shield_nested_rotary(base_layer)
+        rotary_hook.shield_nested_rotary(base_layer)  # released on unload
         self.update_layer(adapter_name, adapter, inference_mode)
 
     def update_layer(self, adapter_name: str, adapter: RoAE, inference_mode: bool = False) -> None:
@@ -64,7 +67,7 @@ class RoSALayer(nn.Module, BaseTunerLayer):
             return None
         active = [name for name in self.active_adapters if name in self.rosa_roae]
         if len(active) > 1:
-            raise ValueError(f"RoSA runs one adapter at a time, but {active} are active; choose one with set_adapter().")
+            raise ValueError(ONE_ADAPTER_AT_A_TIME.format(names=active))
         return self.rosa_roae[active[0]] if active else None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -87,7 +90,7 @@ class RoSALayer(nn.Module, BaseTunerLayer):
         """The attention block as it was, without the nested-rotary shield this layer held."""
         if merge:
             raise NotImplementedError(MERGE_REFUSAL)
-        self.__dict__.pop("_release_shield")()
+        rotary_hook.release_nested_rotary(self.base_layer)
         return self.base_layer
 
     def __repr__(self) -> str:

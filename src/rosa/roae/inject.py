@@ -107,18 +107,26 @@ def requested_layers(config: RoSAConfig, geometry: BaseGeometry) -> list[int]:
 
 def new_adapter(config: RoSAConfig, geometry: BaseGeometry, index: int, dtype: torch.dtype,
                 device: torch.device, generator: torch.Generator | None) -> RoAE:
-    """The RoAE adapter of layer ``index``, on that layer's device (``device_map="auto"`` spreads layers)."""
+    """The RoAE adapter of layer ``index``, on that layer's device (``device_map="auto"`` spreads layers).
+
+    A meta ``device`` (weights offloaded by accelerate) leaves it on the CPU; under PEFT's
+    ``low_cpu_mem_usage`` the adapter is itself created on meta and stays there until loading fills it."""
     group = geometry.group_of(index)
     heads = {"q": group.rotary.query_heads, "k": group.rotary.key_heads}
-    return RoAE(
+    frequencies = group.rotary.layout.dim_frequencies()
+    adapter = RoAE(
         layer_index=index,
         d_model=geometry.hidden_size,
         rank=config.rank,
         alpha=config.alpha,
         heads={t: heads[t] for t in config.targets},
         low_dims=group.low_frequency_dims,
+        low_frequencies=[frequencies[d] for d in group.low_frequency_dims],
         dim=group.rotary.layout.dim,
         rotary_function=group.rotary.function,
         dtype=dtype,
         generator=generator,
-    ).to(device)
+    )
+    if device.type == "meta" or next(adapter.parameters()).is_meta:
+        return adapter
+    return adapter.to(device)

@@ -29,6 +29,7 @@ class RoAE(nn.Module):
         alpha: float,
         heads: dict[str, int],
         low_dims: list[int],
+        low_frequencies: list[float],
         dim: int,
         rotary_function: str,
         dtype: torch.dtype,
@@ -48,6 +49,9 @@ class RoAE(nn.Module):
             self.register_parameter(f"{target}_A", nn.Parameter(A.to(dtype)))
             self.register_parameter(f"{target}_B", nn.Parameter(torch.zeros(n * self.d_low, rank, dtype=dtype)))
         self.register_buffer("low_dims", torch.tensor(low_dims, dtype=torch.long), persistent=False)
+        # Saved with the weights: the rotary frequencies of the adapted dims, so weights loaded into an
+        # existing adapter (which PEFT does without reading their config) are checked against this base.
+        self.register_buffer("low_frequencies", torch.tensor(low_frequencies, dtype=torch.float32))
 
     def signal(self, target: str, hidden: torch.Tensor) -> torch.Tensor:
         """``S = SiLU(B(A H))``; ``B`` starts at zero so ``S = 0`` and the base model is unchanged."""

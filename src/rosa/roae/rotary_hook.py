@@ -170,12 +170,12 @@ def install_rotary_wrapper(attention: nn.Module) -> None:
                 setattr(modeling, name, _wrap(getattr(modeling, name), name))
 
 
-def shield_nested_rotary(attention: nn.Module) -> Callable[[], None]:
+def shield_nested_rotary(attention: nn.Module) -> None:
     """While the modules nested in ``attention`` that apply RoPE of their own run, the wrapper leaves
-    their states alone, so only the block's own call is seen. Returns the function that takes the
-    shield away again; shields are counted per module, so a probe, an adapter and an observer of one
-    block can each hold and release theirs, and the model is left without hooks when all are gone."""
-    shielded = []
+    their states alone, so only the block's own call is seen. Shields are counted per module, so a
+    probe, an adapter and an observer of one block each hold one, and :func:`release_nested_rotary`
+    leaves the model without hooks when all are released. The count lives on the nested module
+    itself, so a deep copy of the model carries its own."""
     for nested in attention.modules():
         if nested is attention or not rotary_functions(nested):
             continue
@@ -190,18 +190,19 @@ def shield_nested_rotary(attention: nn.Module) -> Callable[[], None]:
             ]
             shield = nested._rosa_shield = {"handles": handles, "holders": 0}
         shield["holders"] += 1
-        shielded.append(nested)
 
-    def release() -> None:
-        for nested in shielded:
-            shield = nested._rosa_shield
-            shield["holders"] -= 1
-            if not shield["holders"]:
-                for handle in shield["handles"]:
-                    handle.remove()
-                del nested._rosa_shield
 
-    return release
+def release_nested_rotary(attention: nn.Module) -> None:
+    """Give back one shield of :func:`shield_nested_rotary` on ``attention``'s nested rotary modules."""
+    for nested in attention.modules():
+        shield = nested.__dict__.get("_rosa_shield") if nested is not attention else None
+        if shield is None:
+            continue
+        shield["holders"] -= 1
+        if not shield["holders"]:
+            for handle in shield["handles"]:
+                handle.remove()
+            del nested._rosa_shield
 
 
 def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
@@ -211,7 +212,7 @@ def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
     a block that does not rotate (a NoPE layer) runs to its end.
     """
     install_rotary_wrapper(attention)
-    release = shield_nested_rotary(attention)
+    shield_nested_rotary(attention)
     calls: list[RotaryCall] = []
     token = _PROBE.set(calls)
     _count_published(1)
@@ -223,7 +224,7 @@ def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
     finally:
         _count_published(-1)
         _PROBE.reset(token)
-        release()
+        release_nested_rotary(attention)
     return calls[0] if calls else None
 
 
@@ -270,19 +271,20 @@ def observe_rotary_states(model: nn.Module, callback: RotaryObserver) -> Iterato
 
     stack = find_decoder_stack(model)
     layers = sorted(rotary_geometry(model).layers)
-    handles, releases = [], []
+    handles, shielded = [], []
     try:
         for index in layers:
             attention = find_attention(stack.layers[index])
             install_rotary_wrapper(attention)
-            releases.append(shield_nested_rotary(attention))
+            shield_nested_rotary(attention)
+            shielded.append(attention)
             handles += _publish_observer(attention, functools.partial(callback, index))
         yield layers
     finally:
         for handle in handles:
             handle.remove()
-        for release in releases:
-            release()
+        for attention in shielded:
+            release_nested_rotary(attention)
 
 
 def _publish_observer(attention: nn.Module, observer: Callable[[torch.Tensor, torch.Tensor, int], None]) -> list:

@@ -203,7 +203,15 @@ def validation_split(examples: list, config: ExperimentConfig) -> tuple[list, li
     if size >= len(examples):
         raise RoSAConfigError(val_set_size_message(size, len(examples), f"--data {config.data}") + ".")
     held = set(random.Random(config.seed).sample(range(len(examples)), size))
-    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+    # A held-out example whose response the cutoff removed has no loss token: its batch's loss would be
+    # 0/0 = NaN, and no checkpoint could then be best. It is held out, but not evaluated.
+    evaluated = [examples[i] for i in sorted(held) if _has_target(examples[i])]
+    if not evaluated:
+        raise RoSAConfigError(
+            f"none of the {size} held-out examples keeps a token to learn from at training.cutoff_len "
+            f"{config.training.cutoff_len}, so no evaluation loss can be computed. Raise training.cutoff_len."
+        )
+    return [e for i, e in enumerate(examples) if i not in held], evaluated
 
 
 def minimum_cutoff_len(tokenizer, train_on_inputs: bool) -> int:
@@ -503,8 +511,8 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         optim="adamw_torch",
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        # passed only when on: transformers 5 warns about the (still working) argument whenever it is set
-        **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
+        # passed only when on, under the name this transformers has (5.24 renamed it, warning on the old one)
+        **({CHECKPOINTING_ARGUMENT: True} if t.gradient_checkpointing else {}),
         logging_steps=t.logging_steps,
         report_to=[name for name in config.training.report_to if name not in ("tensorboard", "none")] or "none",
         save_strategy="steps",
@@ -522,6 +530,10 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         ddp_find_unused_parameters=False,
         use_cpu=device.type == "cpu",
     )
+
+
+CHECKPOINTING_ARGUMENT = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                          else "gradient_checkpointing")
 
 
 def _versions() -> dict[str, str]:
