@@ -65,6 +65,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, memory
+from rosa.gguf import gguf_config, gguf_source
 from rosa.loading import PRECISIONS, load_base_model, resolve_dtype
 from rosa.train.config import ExperimentConfig
 from rosa.train.methods import apply_method, match_rank, trainable_parameters, with_rank
@@ -89,7 +90,8 @@ def model_config(name: str):
     if name in SHAPES:
         model_type, fields = SHAPES[name]
         return AutoConfig.for_model(model_type, **fields)
-    return AutoConfig.from_pretrained(name)
+    source = gguf_source(name)  # a .gguf file: its config from the metadata, nothing dequantised
+    return AutoConfig.from_pretrained(name) if source is None else gguf_config(source)
 
 
 def experiment(args, method: str, rank: int | None = None):
