@@ -67,6 +67,21 @@ def randomize_adapters(model, std: float = 0.5, seed: int = 1) -> None:
                     weight.copy_(torch.randn(weight.shape, generator=generator) * std)
 
 
+def stop_training_after(monkeypatch, step: int, message: str = "killed") -> None:
+    """Make every training step after optimizer step ``step`` raise ``RuntimeError(message)``, as a
+    crash at that point would (the checkpoints written until then stay); ``monkeypatch.undo()`` ends it."""
+    from rosa.train.trainer import RoSATrainer
+
+    original = RoSATrainer.training_step
+
+    def stopped(self, *args, **kwargs):
+        if self.state.global_step >= step:
+            raise RuntimeError(message)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RoSATrainer, "training_step", stopped)
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: the tests need the project's ../shared assets (see README).")

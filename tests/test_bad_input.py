@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers as T
 
-from conftest import DATA, REPO, STORIES, TINYSTORIES, require
+from conftest import DATA, REPO, STORIES, TINYSTORIES, require, stop_training_after
 from rosa.cli import main as rosa_main
 from rosa.loading import load_for_inference
 from rosa.train.trainer import RoSATrainer
@@ -182,11 +182,7 @@ class Payload:
 
 
 def test_a_checkpoint_carrying_pickled_code_is_refused_without_running_it(tmp_path, capsys, monkeypatch):
-    def interrupted(self, *args, **kwargs):
-        raise RuntimeError("stopped after checkpoint-2")
-
-    original = RoSATrainer.training_step
-    monkeypatch.setattr(RoSATrainer, "training_step", lambda self, *a, **k: interrupted(self) if self.state.global_step >= 3 else original(self, *a, **k))
+    stop_training_after(monkeypatch, 3, "stopped after checkpoint-2")
     with pytest.raises(RuntimeError, match="stopped after checkpoint-2"):
         rosa_main(train(tmp_path))
     monkeypatch.undo()

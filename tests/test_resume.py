@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import processes
-from conftest import DATA, STORIES, require
+from conftest import DATA, STORIES, require, stop_training_after
 from rosa.cli import main as rosa_main
 from rosa.loading import load_adapter, load_base_model
 from rosa.train.trainer import RoSATrainer
@@ -164,14 +164,7 @@ def test_peft_methods_resume_to_the_same_adapter(tmp_path, monkeypatch, method):
             "--set", "training.cutoff_len=96", "--set", "training.save_steps=2", "--set", "lora.r=2",
             "--set", "dls.warmup=1", "--set", "dls.interval=2"]
     assert rosa_main([*argv, "--output-dir", str(tmp_path / "whole")]) == 0
-    original = RoSATrainer.training_step
-
-    def stopped(self, *args, **kwargs):
-        if self.state.global_step >= 3:
-            raise RuntimeError("killed")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(RoSATrainer, "training_step", stopped)
+    stop_training_after(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="killed"):
         rosa_main([*argv, "--output-dir", str(tmp_path / "resumed")])
     monkeypatch.undo()

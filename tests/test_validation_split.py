@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import DATA, STORIES, require
+from conftest import DATA, STORIES, require, stop_training_after
 from rosa.cli import main
 from rosa.errors import RoSAConfigError
 from rosa.train.config import ExperimentConfig, TrainingSettings
@@ -159,14 +159,7 @@ def test_a_peft_lora_adapter_is_reloaded_too_and_save_total_limit_1_keeps_only_t
 def test_a_resumed_run_with_validation_ends_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch, diverging, killed_at):
     run = tmp_path / "run"
     if killed_at == "step 5":  # after checkpoint-4; the best one, checkpoint-2, is kept beside it
-        original = RoSATrainer.training_step
-
-        def killed(self, *args, **kwargs):
-            if self.state.global_step >= 4:
-                raise RuntimeError("killed")
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(RoSATrainer, "training_step", killed)
+        stop_training_after(monkeypatch, 4)
         with pytest.raises(RuntimeError, match="killed"):
             rosa_train(run, DIVERGING)
         resumed_from = 4
