@@ -9,7 +9,6 @@ checked; ``save_pretrained`` on the result writes it in the current (PEFT) forma
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,11 +29,12 @@ def is_legacy(header: dict) -> bool:
     return header.get("format") == FORMAT
 
 
-def load_legacy_adapter(base_model: nn.Module, directory: str | os.PathLike, is_trainable: bool = False):
-    """A ``PeftModel`` carrying the rosa 0.1 adapter in ``directory``."""
+def load_legacy_adapter(base_model: nn.Module, directory: str | os.PathLike, header: dict, is_trainable: bool = False):
+    """A ``PeftModel`` carrying the rosa 0.1 adapter in ``directory``, whose ``adapter_config.json`` the
+    caller has read (``header``)."""
     from rosa.model import get_rosa_model
 
-    config = _legacy_config(directory)
+    config = _legacy_config(Path(directory) / CONFIG_NAME, header)
     tensors = _legacy_tensors(directory)
     model = get_rosa_model(base_model, config)  # checks the recorded base, as for any RoSA adapter
     key_of = {id(tensor): key for key, tensor in model.state_dict(keep_vars=True).items()}
@@ -63,9 +63,7 @@ def load_legacy_adapter(base_model: nn.Module, directory: str | os.PathLike, is_
     return model
 
 
-def _legacy_config(directory) -> RoSAConfig:
-    path = Path(directory) / CONFIG_NAME
-    header = json.loads(path.read_text())
+def _legacy_config(path: Path, header: dict) -> RoSAConfig:
     version = header.get("format_version")
     if version == 1:
         raise AdapterLoadError(
@@ -90,7 +88,12 @@ def _legacy_tensors(directory) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
-        raise AdapterLoadError(
-            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupted. Restore it "
-            "from a good copy or save the adapter again."
-        ) from err
+        raise unreadable_weights(path, err) from err
+
+
+def unreadable_weights(path: Path, err: Exception) -> AdapterLoadError:
+    """A weights file that exists but cannot be read as safetensors."""
+    return AdapterLoadError(
+        f"{path} is not a readable safetensors file ({err}); it is truncated or corrupted. Restore it "
+        "from a good copy or save the adapter again."
+    )

@@ -12,7 +12,7 @@ import torch
 from rosa.errors import AdapterLoadError
 from rosa.gguf import GGUFSource, dequantised_directory, gguf_source
 from rosa.interrupt import LOADING_MODEL, during
-from rosa.legacy_adapter import is_legacy, load_legacy_adapter
+from rosa.legacy_adapter import is_legacy, load_legacy_adapter, unreadable_weights
 from rosa.serialization import CONFIG_NAME, WEIGHTS_NAME
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -123,7 +123,7 @@ def load_adapter(base_model: torch.nn.Module, path_or_id: str | os.PathLike, is_
     directory = adapter_directory(path_or_id)
     header = read_adapter_config(directory)
     if is_legacy(header):
-        return load_legacy_adapter(base_model, directory, is_trainable)
+        return load_legacy_adapter(base_model, directory, header, is_trainable)
     if not (directory / WEIGHTS_NAME).is_file():
         raise AdapterLoadError(
             f"'{path_or_id}' has no adapter_model.safetensors. rosa loads adapters only from safetensors (a .bin "
@@ -132,10 +132,7 @@ def load_adapter(base_model: torch.nn.Module, path_or_id: str | os.PathLike, is_
     try:
         return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
     except SafetensorError as err:
-        raise AdapterLoadError(
-            f"{directory / WEIGHTS_NAME} is not a readable safetensors file ({err}); it is truncated or corrupted. "
-            "Restore it from a good copy or save the adapter again."
-        ) from err
+        raise unreadable_weights(directory / WEIGHTS_NAME, err) from err
 
 
 @during(LOADING_MODEL)
