@@ -1,6 +1,7 @@
 """Items per second of batched vs one-at-a-time evaluation, same model, same items, one run.
 
-    python benchmarks/eval_throughput.py [--model DIR] [--tasks boolq,SVAMP] [--limit 32] [--batch-size 32]
+    python benchmarks/eval_throughput.py [--model DIR_OR_GGUF] [--precision fp32|bf16] [--tasks boolq,piqa]
+                                         [--limit 32] [--batch-size 32] [--decoding beam4|greedy]
 
 Both modes go through `rosa.eval.evaluate` (prompting, generation, scoring, resumable writes) into
 fresh directories; the script also checks that both produced the same predictions.
@@ -33,8 +34,9 @@ def timed_eval(model, tokenizer, out: Path, args, batch_size: int) -> tuple[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="../shared/models/stories260K-hf")
-    parser.add_argument("--tasks", default="boolq,piqa,SVAMP,AddSub")
+    parser.add_argument("--model", default="../shared/models/SmolLM2-135M-Instruct-GGUF")
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--tasks", default="boolq,piqa")
     parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--decoding", default="beam4")
@@ -42,11 +44,11 @@ def main() -> None:
     args = parser.parse_args()
 
     tokenizer = load_tokenizer(args.model)
-    model = load_base_model(args.model).eval()
+    model = load_base_model(args.model, precision=args.precision).eval()
     with tempfile.TemporaryDirectory() as tmp:
         single, single_predictions = timed_eval(model, tokenizer, Path(tmp) / "single", args, 1)
         batched, batched_predictions = timed_eval(model, tokenizer, Path(tmp) / "batched", args, args.batch_size)
-    print(f"model {args.model}, tasks {args.tasks}, {args.limit} items each, decoding {args.decoding}")
+    print(f"model {args.model} ({args.precision}), tasks {args.tasks}, {args.limit} items each, decoding {args.decoding}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"one at a time : {single:8.2f} items/s")
     print(f"batched ({args.batch_size:>3}) : {batched:8.2f} items/s")

@@ -24,12 +24,12 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def base():
-    return load_base_model(str(STORIES)).eval()
+    return load_base_model(str(STORIES), precision="fp32").eval()
 
 
 @pytest.fixture(scope="module")
 def rosa_model():
-    model = get_rosa_model(load_base_model(str(STORIES)), RoSAConfig(targets=("q", "k"), r_low=0.5))
+    model = get_rosa_model(load_base_model(str(STORIES), precision="fp32"), RoSAConfig(targets=("q", "k"), r_low=0.5))
     randomize_adapters(model, std=0.5)
     return model.eval()
 

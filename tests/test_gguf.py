@@ -100,3 +100,32 @@ def test_an_adapter_records_the_gguf_file_it_was_trained_on_and_refuses_another(
     with pytest.raises(AdapterLoadError, match=f"made for another base model \\(gguf_sha256: adapter '0{{64}}' vs base '{digest}'"):
         PeftModel.from_pretrained(smollm2, str(tmp_path))
     assert not any(isinstance(module, RoSALayer) for module in smollm2.modules())  # refused before any was attached
+
+
+def test_a_lora_run_on_a_gguf_base_records_the_file_and_its_adapter_refuses_another_base(cache, tmp_path):
+    """PEFT configs have no field for the file's hash: `rosa train` writes base_model.json beside the
+    adapter, and rosa's loader (`rosa eval`, `load_adapter`) checks it before PEFT loads anything."""
+    import json
+
+    from conftest import DATA, STORIES
+    from rosa import AdapterLoadError
+    from rosa.cli import main as rosa_main
+    from rosa.loading import load_adapter
+
+    run = tmp_path / "run"
+    assert rosa_main(["train", "--model", str(require(SMOLLM2_GGUF)), "--method", "lora", "--data", "boolq",
+                      "--data-dir", str(require(DATA)), "--output-dir", str(run), "--max-steps", "1", "--max-samples", "4",
+                      "--batch-size", "4", "--precision", "fp32", "--report-to", "none"]) == 0
+    record = json.loads((run / "adapter" / "base_model.json").read_text())
+    digest = (cache / "gguf").iterdir().__next__().name
+    assert record == {"gguf_file": SMOLLM2_GGUF.name, "gguf_sha256": digest}
+
+    base = load_base_model(str(SMOLLM2_GGUF), precision="fp32", device=torch.device("cpu"))
+    load_adapter(base, run / "adapter").unload()  # its own base: accepted
+    stories = load_base_model(str(require(STORIES)), precision="fp32", device=torch.device("cpu"))
+    with pytest.raises(AdapterLoadError, match=f"trained on {SMOLLM2_GGUF.name} \\(GGUF SHA-256 {digest}\\), but is being "
+                       "loaded onto a base not loaded from a GGUF file"):
+        load_adapter(stories, run / "adapter")
+    base.config.gguf_sha256 = "0" * 64
+    with pytest.raises(AdapterLoadError, match="loaded onto a base from GGUF SHA-256 0{64}"):
+        load_adapter(base, run / "adapter")

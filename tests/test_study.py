@@ -3,32 +3,42 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from conftest import REPO
 
-spec = importlib.util.spec_from_file_location("ablation_study", REPO / "studies" / "ablation_study.py")
+spec = importlib.util.spec_from_file_location("smollm2_study", REPO / "studies" / "smollm2_study.py")
 study = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = study  # its dataclasses look their module up
 spec.loader.exec_module(study)
 
 
+def paired_tests(*deltas_and_flags):
+    """Paired tests of "X above Y" as the study computes them: delta is Y minus X, in points."""
+    return [{"micro": {"delta": delta, "significant": significant}} for delta, significant in deltas_and_flags]
+
+
+def test_a_claim_is_supported_only_when_every_seed_shows_it():
+    assert study.claim_verdict("RoSA above LoRA", paired_tests((-3.0, True), (-2.0, True), (-4.0, True))).startswith(
+        "**supported** (mean difference +3.00 points; significant in 3 of 3 seeds for it, 0 against")
+    assert study.claim_verdict("RoSA above LoRA", paired_tests((-3.0, True), (-2.0, False), (-4.0, True))).startswith(
+        "**not shown** (mean difference +3.00 points; significant in 2 of 3 seeds for it, 0 against")
+
+
+def test_a_claim_the_other_way_round_is_contradicted_and_a_mixed_one_inconsistent():
+    assert study.claim_verdict("x", paired_tests((5.0, True), (1.0, False), (3.0, False))).startswith(
+        "**contradicted** (mean difference -3.00 points; significant in 0 of 3 seeds for it, 1 against")
+    assert study.claim_verdict("x", paired_tests((5.0, True), (-6.0, True), (0.0, False))).startswith("**inconsistent**")
+
+
 def test_no_significant_difference_is_reported_as_none():
-    facts = {"m": {"significant": {}}}
-    assert study.significance_verdict(facts, 0, 15).startswith("None does, so this study finds no accuracy difference")
+    assert study.significance_verdict({}, 15, 3).startswith("None does: this study finds no accuracy difference")
 
 
 def test_significant_differences_are_listed_with_seeds_and_direction_against_chance():
-    facts = {"small": {"significant": {"dora": [9.5, 21.9, 4.3]}}, "big": {"significant": {"lora": [2.0]}}}
-    verdict = study.significance_verdict(facts, 4, 30)
-    assert verdict.startswith("4 do: dora on small in 3 of 3 seeds (3 above RoSA, 0 below); lora on big in 1 of 3 seeds (1 above RoSA, 0 below).")
-    assert "About 1.5 would be expected by chance" in verdict
-    assert "Every significant difference has the other method above RoSA" in verdict
-
-
-def test_a_mixed_direction_makes_no_one_sided_claim():
-    facts = {"m": {"significant": {"lora": [2.0], "dora": [-3.0]}}}
-    verdict = study.significance_verdict(facts, 2, 15)
-    assert "(0 above RoSA, 1 below)" in verdict
-    assert "Every significant difference" not in verdict
+    verdict = study.significance_verdict({"dora": [9.5, 21.9, -4.3], "lora": [2.0]}, 15, 3)
+    assert verdict == ("4 do: dora in 3 of 3 seeds (2 above RoSA, 1 below); lora in 1 of 3 seeds (1 above RoSA, 0 below). "
+                       "About 0.8 would be expected by chance at a 5% level.")
 
 
 def test_loss_gaps_are_called_beyond_the_spread_only_when_they_are():
@@ -38,3 +48,11 @@ def test_loss_gaps_are_called_beyond_the_spread_only_when_they_are():
     lines = study.loss_lines(points)
     assert lines[0].startswith("- roae: mean training loss 3.1500 vs RoSA 3.1000 (+0.0500), within")
     assert lines[1].startswith("- lora-dls: mean training loss 1.1000 vs RoSA 3.1000 (-2.0000), beyond")
+
+
+def test_each_size_names_its_runs_as_the_sweep_does():
+    from rosa.sweep.plan import point_name
+
+    for size in study.SIZES.values():
+        for lr in size.lrs:
+            assert study.grid_point(REPO, "rosa", lr).name == point_name({"method": "rosa", "training.lr": lr})

@@ -36,3 +36,16 @@ def test_report_to_none_writes_no_tensorboard_and_unknown_loggers_are_refused(tm
     assert train(tmp_path, "bad", "--report-to", "tensorboard,nonsense") == 2
     assert "training.report_to must be 'none' or a list of" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_console_prints_each_dls_selection_as_one_line_of_layers(tmp_path, capsys):
+    assert train(tmp_path, "run", "--report-to", "none") == 0
+    printed = capsys.readouterr()
+    console = printed.out + printed.err
+    history = json.loads((tmp_path / "run" / "dls_history.json").read_text())["history"]
+    for entry in history:
+        assert f"'dls': '{entry['kind']}: layers {', '.join(map(str, entry['selected']))}'" in console
+    assert console.count("'dls': '") == len(history) == 4
+    assert "dls/score" not in console and "dls/selected" not in console
+    logged = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert sum("dls/score/layer_0" in entry for entry in logged) == 4  # the loggers still get every scalar

@@ -13,21 +13,38 @@ from rosa.errors import AdapterLoadError
 from rosa.gguf import GGUFSource, dequantised_directory, gguf_source
 from rosa.interrupt import LOADING_MODEL, during
 from rosa.legacy_adapter import is_legacy, load_legacy_adapter, unreadable_weights
-from rosa.serialization import CONFIG_NAME, WEIGHTS_NAME
+from rosa.quantize import quantization_config
+from rosa.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_json
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BASE_RECORD = "base_model.json"  # beside a PEFT adapter trained on a GGUF base: which file
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16).
+
+    Only then does bf16 pay off on a CPU: on SmolLM2-135M here a training step took 0.71x the time of
+    fp32 and batched greedy evaluation 0.6x (docs/training-cost.md). Without these instructions torch
+    emulates bf16 and fp32 is the faster choice.
+    """
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # public since torch 2.6
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on a GPU that supports it (the usual choice for fine-tuning) and fp32 elsewhere."""
+    """``auto`` is bf16 on a GPU that supports it (the usual choice for fine-tuning) and on a CPU with
+    native bf16, and fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if device.type == "cuda":
+            bf16 = torch.cuda.is_bf16_supported()
+        else:
+            bf16 = device.type == "cpu" and native_bf16_cpu()
         return torch.bfloat16 if bf16 else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -61,18 +78,23 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
 
 @during(LOADING_MODEL)
 def load_base_model(
-    name_or_path: str, *, precision: str = "auto", device: torch.device | None = None, trust_remote_code: bool = False
+    name_or_path: str, *, precision: str = "auto", device: torch.device | None = None, trust_remote_code: bool = False,
+    quantize: str | None = None,
 ) -> torch.nn.Module:
+    """The frozen base, in ``precision``, optionally with quantised Linear weights (:mod:`rosa.quantize`)."""
     from transformers import AutoModelForCausalLM
 
     check_model_path(name_or_path)
     device = device or default_device()
+    dtype = resolve_dtype(precision, device)
+    quantization = quantization_config(quantize, device, dtype)  # refused here, before anything is read
+    placement = {"quantization_config": quantization, "device_map": {"": str(device)}} if quantization else {}
     directory, source = model_directory(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=resolve_dtype(precision, device), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
     if source is not None:  # a GGUF file's cached conversion: adapters record the file it came from
         model.config._name_or_path = model.name_or_path = str(source.file)
         model.config.gguf_sha256 = Path(directory).name  # the cache entry is named by the file's hash
-    return model.to(device)
+    return model if quantization else model.to(device)  # bitsandbytes models refuse .to()
 
 
 def model_directory(name_or_path: str) -> tuple[str, GGUFSource | None]:
@@ -129,18 +151,46 @@ def load_adapter(base_model: torch.nn.Module, path_or_id: str | os.PathLike, is_
             f"'{path_or_id}' has no adapter_model.safetensors. rosa loads adapters only from safetensors (a .bin "
             "file is a pickle and can run code); re-save the adapter with safe_serialization=True."
         )
+    check_base_record(base_model, directory)
     try:
         return PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
     except SafetensorError as err:
         raise unreadable_weights(directory / WEIGHTS_NAME, err) from err
 
 
+def write_base_record(base_model: torch.nn.Module, directory: Path) -> None:
+    """Record beside a PEFT adapter (LoRA, DoRA, PiSSA) the GGUF file its base was dequantised from.
+
+    A RoSA adapter records its base in its own config (``base_geometry``); PEFT's configs have no place
+    for a file hash, and an unknown key there makes every PEFT release warn on load. Equal-shaped bases
+    from different files (another quantisation, another fine-tune) would otherwise take the adapter
+    silently.
+    """
+    digest = getattr(base_model.config, "gguf_sha256", None)
+    if digest:
+        atomic_write_json(directory / BASE_RECORD, {"gguf_file": Path(base_model.name_or_path).name, "gguf_sha256": digest})
+
+
+def check_base_record(base_model: torch.nn.Module, directory: Path) -> None:
+    record_file = directory / BASE_RECORD
+    if not record_file.is_file():
+        return
+    record = json.loads(record_file.read_text())
+    digest = getattr(base_model.config, "gguf_sha256", None)
+    if digest != record["gguf_sha256"]:
+        found = f"a base from GGUF SHA-256 {digest}" if digest else "a base not loaded from a GGUF file"
+        raise AdapterLoadError(
+            f"this adapter was trained on {record['gguf_file']} (GGUF SHA-256 {record['gguf_sha256']}), but is being "
+            f"loaded onto {found}. Load it onto the base model it was trained on."
+        )
+
+
 @during(LOADING_MODEL)
 def load_for_inference(name_or_path: str, adapter: str | os.PathLike | None = None, precision: str = "auto",
-                       trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
+                       trust_remote_code: bool = False, quantize: str | None = None) -> tuple[torch.nn.Module, Any]:
     """Tokenizer and model (with its adapter, if any) as ``rosa eval`` and ``rosa analyze`` use them."""
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
-    model = load_base_model(name_or_path, precision=precision, trust_remote_code=trust_remote_code)
+    model = load_base_model(name_or_path, precision=precision, trust_remote_code=trust_remote_code, quantize=quantize)
     if adapter:
         model = load_adapter(model, adapter)
     return model, tokenizer

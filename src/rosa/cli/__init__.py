@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from rosa.cli import analyze, compare, data, evaluate, info, sweep, train
 from rosa.version import __version__
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rosa.errors import RoSAError
 
+    _silence_warnings_about_other_libraries()
     try:
         return COMMANDS[args.command].run(args)
     except (RoSAError, OSError, ValueError) as err:
@@ -55,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         hint = interrupted(args, interrupt)
         print(f"rosa {args.command}: interrupted{'' if hint.startswith(';') else ' '}{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _silence_warnings_about_other_libraries() -> None:
+    """Two warnings every run printed that neither rosa nor its user can act on: peft reads transformers'
+    deprecated ``is_gradient_checkpointing``, and peft cannot find a ``config.json`` beside a GGUF base
+    when it checks, on every save, whether the vocabulary was resized (neither RoSA nor LoRA resizes it)."""
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Could not find a config file in .*\.gguf - will assume", category=UserWarning)
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from rosa.quantize import QUANTIZATIONS
+
+GPUS_GIB = (24, 40, 80)
+FRAMEWORK_GIB = 1.0  # a CUDA context and the allocator's reserve, which the estimate leaves out
+
 
 def add_parser(commands, name: str) -> None:
     parser = commands.add_parser(name, help="show the RoAE geometry, adapter size and DLS norms of a model")
@@ -12,6 +17,11 @@ def add_parser(commands, name: str) -> None:
     parser.add_argument("--r-low", type=float, default=0.25)
     parser.add_argument("--targets", default="q", help="comma-separated: q or q,k")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
+    memory = parser.add_argument_group("training memory estimate (RoSA and LoRA at the same trainable budget)")
+    memory.add_argument("--batch-size", type=int, default=4, help="micro-batch size (LLM-Adapters: 4)")
+    memory.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (LLM-Adapters' cutoff: 256)")
+    memory.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
+    memory.add_argument("--quantize", choices=QUANTIZATIONS, help="a quantised frozen base (see rosa train --quantize)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,5 +49,37 @@ def run(args: argparse.Namespace) -> int:
     print(f"adapted layers      {layer_ranges(sorted(model.roae_adapters()))}" + (f"; without RoPE, left out: {model.nope_layers}" if model.nope_layers else ""))
     print(f"DLS norms per layer {list(block_norms(find_decoder_stack(base).layers[0]))}")
     model.print_trainable_parameters()
+    print_memory_estimate(args, base, model, config, head_dim)
     return 0
+
+
+def print_memory_estimate(args: argparse.Namespace, base, model, config, head_dim: int) -> None:
+    """RoSA as configured and LoRA (LLM-Adapters' targets and dropout) at the closest trainable count."""
+    import torch
+
+    from rosa.estimate import GIB, Adapter, estimate
+    from rosa.train.config import ExperimentConfig
+    from rosa.train.methods import match_rank
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
+    rosa_trainable = model.get_nb_trainable_parameters()[0]
+    lora, rank, lora_trainable = match_rank(ExperimentConfig(model=args.model, data="-", output_dir="-", method="lora",
+                                                             trust_remote_code=args.trust_remote_code), rosa_trainable)
+    low_dims = len(model.geometry.rotary[0].low_frequency_dims)
+    rows = [
+        (f"rosa (rank {config.rank}, {','.join(config.targets)})", rosa_trainable,
+         Adapter(roae_targets=config.targets, roae_rank=config.rank, low_dims=low_dims)),
+        (f"lora (rank {rank}, matched)", lora_trainable,
+         Adapter(lora_targets=lora.lora.targets, lora_rank=rank, lora_dropout=lora.lora.dropout)),
+    ]
+    weights = f"base {args.quantize}" if args.quantize else f"base {args.precision}"
+    print(f"\ntraining memory, estimated: micro-batch {args.batch_size} x {args.seq_len} tokens, {args.precision} "
+          f"activations, {weights}, fp32 adapter with AdamW; +{FRAMEWORK_GIB:g} GiB for the framework in 'fits'")
+    print("| method | trainable | frozen weights | adapter + AdamW | activations | logits | total | fits |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for label, trainable, adapter in rows:
+        e = estimate(base, adapter, trainable, batch=args.batch_size, seq_len=args.seq_len, dtype=dtype, quantize=args.quantize)
+        fits = [f"{gpu} GB" for gpu in GPUS_GIB if e.total / GIB + FRAMEWORK_GIB <= gpu]
+        cells = [f"{value / GIB:.2f} GiB" for value in (e.weights, e.adapter, e.activations, e.logits, e.total)]
+        print(f"| {label} | {trainable:,d} | {' | '.join(cells)} | {fits[0] + ' GPU' if fits else 'none of 24/40/80 GB'} |")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rosa.quantize import QUANTIZATIONS
 from rosa.train.config import METHODS
 
 # flag -> dotted config field; flags left unset keep the YAML value (or the default)
@@ -15,6 +16,7 @@ SHORTCUTS = {
     "data_dir": "data_dir",
     "seed": "seed",
     "precision": "precision",
+    "quantize": "quantize",
     "match_params": "match_params",
     "lr": "training.lr",
     "epochs": "training.epochs",
@@ -35,6 +37,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="where known names resolve (else $ROSA_DATA_DIR, else ../shared/data/llm-adapters)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="a quantised frozen base: int8 (bitsandbytes on a GPU, optimum-quanto on a CPU), int4 "
+                        "(optimum-quanto), nf4 (bitsandbytes, GPU only); the adapter stays full precision")
     parser.add_argument("--match-params", metavar="RUN_OR_METHOD", help="choose this method's rank to match the trainable parameters of a run directory or a method")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--epochs", type=float)

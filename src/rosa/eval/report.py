@@ -59,3 +59,20 @@ def results_table(metrics: Mapping[str, Any], title: str = "") -> str:
     for task, reason in metrics["missing"].items():
         lines.append(f"| {task} | missing | | {summary_of(reason)} |")
     return "\n".join(lines) + "\n"
+
+
+def baseline_table(untuned: Mapping[str, Any], tuned: Mapping[str, Any]) -> str:
+    """The untuned and the tuned model on the same items, side by side: what fine-tuning changed."""
+
+    def change(before: float | None, after: float | None) -> str:
+        return "n/a" if before is None or after is None else f"{100 * (after - before):+.2f}"
+
+    lines = ["| task | items | untuned (%) | tuned (%) | change (points) |", "|---|---:|---:|---:|---:|"]
+    for task, stats in tuned["tasks"].items():
+        before = untuned["tasks"][task]["accuracy"]
+        lines.append(f"| {task} | {stats['total']} | {_percent(before)} | {_percent(stats['accuracy'])} | {change(before, stats['accuracy'])} |")
+    for average in ("macro", "micro"):
+        before, after = untuned[f"{average}_average"], tuned[f"{average}_average"]
+        items = tuned["items"] if average == "micro" else ""
+        lines.append(f"| **{average} average** | {items} | **{_percent(before)}** | **{_percent(after)}** | **{change(before, after)}** |")
+    return "\n".join(lines) + "\n"

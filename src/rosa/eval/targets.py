@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rosa.errors import DataError, RoSAError
 
@@ -23,8 +23,18 @@ def run_eval_dir(run_dir: str | Path, decoding: str) -> Path:
     return Path(run_dir) / EVAL_SUBDIR / decoding
 
 
-def run_target(run_dir: str | Path) -> tuple[str, str, str | None, str]:
-    """The base model, adapter directory, data directory and precision of a finished ``rosa train`` run."""
+class RunTarget(NamedTuple):
+    """What evaluating a finished ``rosa train`` run loads: its base as it was trained, and its adapter."""
+
+    model: str
+    adapter: str
+    data_dir: str | None
+    precision: str
+    quantize: str | None
+
+
+def run_target(run_dir: str | Path) -> RunTarget:
+    """The base model, adapter directory, data directory, precision and quantisation of a finished run."""
     from rosa.train.config import load_config
     from rosa.train.run_dir import ADAPTER_DIR, CONFIG_FILE
 
@@ -34,7 +44,7 @@ def run_target(run_dir: str | Path) -> tuple[str, str, str | None, str]:
     if not (run_dir / ADAPTER_DIR).is_dir():
         raise RoSAError(f"{run_dir} has no {ADAPTER_DIR}/: training did not finish. Resume or rerun it first.")
     config = load_config(run_dir / CONFIG_FILE, {})
-    return config.model, str(run_dir / ADAPTER_DIR), config.data_dir, config.precision
+    return RunTarget(config.model, str(run_dir / ADAPTER_DIR), config.data_dir, config.precision, config.quantize)
 
 
 def evaluate_target(
@@ -48,6 +58,7 @@ def evaluate_target(
     batch_size: int = 16,
     limit: int | None = None,
     precision: str = "auto",
+    quantize: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -57,8 +68,9 @@ def evaluate_target(
 
     check_tasks(tasks, data_dir)  # a misspelt, missing or empty task fails here, before the model is loaded
     adapter = str(adapter_directory(adapter)) if adapter else None  # a Hub id becomes its cached snapshot
-    model, tokenizer = load_for_inference(model_name, adapter, precision, trust_remote_code)
-    identity = {"model": model_name, "adapter": adapter_fingerprint(adapter) if adapter else None, "precision": precision}
+    model, tokenizer = load_for_inference(model_name, adapter, precision, trust_remote_code, quantize)
+    identity = {"model": model_name, "adapter": adapter_fingerprint(adapter) if adapter else None, "precision": precision,
+                **({"quantize": quantize} if quantize else {})}  # absent when unquantised: older evaluations continue
     _upgrade_identity(Path(output), identity, adapter)
     return evaluate(
         model, tokenizer, output, tasks, data_dir=data_dir, decoding=decoding,

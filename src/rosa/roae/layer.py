@@ -53,6 +53,11 @@ class RoAE(nn.Module):
         # existing adapter (which PEFT does without reading their config) are checked against this base.
         self.register_buffer("low_frequencies", torch.tensor(low_frequencies, dtype=torch.float32))
 
+    def adapter_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` in the adapter's dtype, cast once for all targets: under a bf16 base, q and k would
+        otherwise each keep an fp32 copy of it for the backward pass (one hidden state per token and layer)."""
+        return hidden.to(getattr(self, f"{next(iter(self.heads))}_A").dtype)
+
     def signal(self, target: str, hidden: torch.Tensor) -> torch.Tensor:
         """``S = SiLU(B(A H))``; ``B`` starts at zero so ``S = 0`` and the base model is unchanged."""
         A, B = getattr(self, f"{target}_A"), getattr(self, f"{target}_B")

@@ -101,13 +101,13 @@ def _run_point(sweep: Sweep, point: Point, log, progress: bool) -> None:
     if (eval_dir / METRICS_FILE).is_file():
         log("  evaluated already: skipped")
         return
-    model, adapter, data_dir, precision = run_target(run_dir)
+    target = run_target(run_dir)
     e = sweep.evaluation
     with directory_lock(eval_dir, "evaluation directory", "wait for it to finish; rerunning the sweep then skips or continues it."):
         evaluate_target(
-            model, adapter, eval_dir, e.tasks, data_dir=data_dir, decoding=e.decoding, batch_size=e.batch_size,
-            limit=e.limit, precision=precision, trust_remote_code=point.config.trust_remote_code,
-            progress=progress,
+            target.model, target.adapter, eval_dir, e.tasks, data_dir=target.data_dir, decoding=e.decoding,
+            batch_size=e.batch_size, limit=e.limit, precision=target.precision, quantize=target.quantize,
+            trust_remote_code=point.config.trust_remote_code, progress=progress,
         )
 
 

@@ -19,6 +19,7 @@ import yaml
 from rosa.config import DLSConfig, RoSAConfig
 from rosa.errors import RoSAConfigError
 from rosa.loading import PRECISIONS
+from rosa.quantize import QUANTIZATIONS, check_method
 
 # Learning rates when none is given: the paper's 1e-3 for RoAE; LLM-Adapters' 3e-4 for LoRA (and
 # for PiSSA and LoRA+DLS, which share its adapter); 2e-4 for DoRA, its authors' LLaMA-7B setting.
@@ -111,6 +112,7 @@ class ExperimentConfig:
     data_dir: str | None = None
     seed: int = 42
     precision: str = "auto"
+    quantize: str | None = None
     match_params: str | None = None
     trust_remote_code: bool = False
     rosa: RoSAConfig = field(default_factory=RoSAConfig)
@@ -121,6 +123,9 @@ class ExperimentConfig:
     def __post_init__(self):
         _check(self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.quantize in (None, *QUANTIZATIONS),
+               f"quantize must be one of {', '.join(QUANTIZATIONS)} (or left out), got {self.quantize!r}")
+        check_method(self.quantize, self.method)
         for name in ("model", "data", "output_dir"):
             _check(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} is required (a non-empty string)")
 

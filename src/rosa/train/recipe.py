@@ -23,18 +23,20 @@ from typing import Any
 import torch
 from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import ProgressCallback
 
 from rosa import memory
 from rosa.data import load_dataset
 from rosa.architecture import block_norms, find_decoder_stack
+from rosa.config import RoSAConfig
 from rosa.data.catalog import TASKS
 from rosa.data.prompts import tokenize_for_training, train_prompt, training_lengths
 from rosa.dls.callback import DLSCallback, freeze_under_ddp_message
 from rosa.errors import RoSAConfigError, RoSAError
-from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype
+from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype, write_base_record
 from rosa.locking import directory_lock
 from rosa.serialization import atomic_write_bytes, atomic_write_json, check_writable, read_json_object, staged_directory
-from rosa.train.callbacks import JsonlLogCallback, LogEveryCheckpointCallback
+from rosa.train.callbacks import CompactProgressCallback, JsonlLogCallback, LogEveryCheckpointCallback
 from rosa.train.config import METHODS, ExperimentConfig, config_yaml, val_set_size_message
 from rosa.train.methods import apply_method, match_rank, trainable_parameters
 from rosa.train.run_dir import (
@@ -304,7 +306,8 @@ def _train(config: ExperimentConfig, run_dir: Path, overwrite: bool, resume: boo
     args = training_arguments(config, run_dir, dtype, device)  # joins the process group under accelerate/torchrun
     if config.uses_dls and config.dls.mode == "freeze" and args.world_size > 1:
         raise RoSAConfigError(freeze_under_ddp_message(args.world_size))
-    base = load_base_model(config.model, precision=config.precision, device=device, trust_remote_code=config.trust_remote_code)
+    base = load_base_model(config.model, precision=config.precision, device=device, trust_remote_code=config.trust_remote_code,
+                           quantize=config.quantize)
     model = apply_method(base, config)
     check_model(model, config, dataset[0])
     trainable, total = model.get_nb_trainable_parameters()  # RoSAModel and PeftModel both offer it
@@ -347,6 +350,8 @@ def _run(config: ExperimentConfig, run_dir: Path, args: TrainingArguments, model
         data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, padding=True, return_tensors="pt"),
         callbacks=callbacks,
     )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(CompactProgressCallback())
     dls = DLSCallback(config.dls, trainer=trainer) if config.uses_dls else None
     if dls is not None:
         trainer.add_callback(dls)
@@ -381,6 +386,7 @@ def _run(config: ExperimentConfig, run_dir: Path, args: TrainingArguments, model
             "train_runtime_s": runtime,
             **dict(zip(("peak_memory_bytes", "peak_memory_kind"), memory.peak(device, memory_reset))),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "dtype": str(model.get_base_model().dtype).removeprefix("torch."),  # what ``precision: auto`` chose here
             "versions": _versions(),
         }
         atomic_write_json(run_dir / RUN_SUMMARY, summary)
@@ -435,6 +441,8 @@ def _save_final_adapter(run_dir: Path, config: ExperimentConfig, model, tokenize
             model.save_pretrained(str(adapter_dir), path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
         else:
             model.save_pretrained(str(adapter_dir))
+        if not isinstance(model.peft_config["default"], RoSAConfig):
+            write_base_record(model.get_base_model(), adapter_dir)
         tokenizer.save_pretrained(str(adapter_dir))
 
 
