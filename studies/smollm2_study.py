@@ -38,6 +38,7 @@ from pathlib import Path
 from rosa.analyze.activations import low_frequency_contrast
 from rosa.compare import load_result, significance_rows
 from rosa.compare.table import comparison_rows
+from rosa.eval.runner import PREDICTIONS_FILE
 from rosa.serialization import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,7 @@ CONFIG = REPO / "studies" / "smollm2.yaml"
 METHODS = ("rosa", "roae", "lora-dls", "lora", "dora", "pissa")
 BUDGET_MATCHED = ("lora-dls", "lora", "dora", "pissa")
 REFERENCE, DECODING, TASKS = "rosa", "greedy", "commonsense"
+COMMITTED_FIELDS = ("task", "index", "extracted", "correct")
 ALPHA, RESAMPLES = 0.05, 10000
 
 
@@ -140,6 +142,17 @@ def run_study(out: Path, size: Size, report_only: bool) -> None:
                  str(out / "layers")), log)
 
 
+def keep_no_test_items(out: Path) -> None:
+    """Drop the test items' text from every prediction file, keeping what the report reads (task, index,
+    extracted answer, correct): the results are committed, and the benchmark files are not ours to copy.
+    Idempotent; a finished evaluation is never regenerated, so nothing reads the dropped fields again."""
+    for path in out.rglob(PREDICTIONS_FILE):
+        items = [json.loads(line) for line in path.read_text().splitlines()]
+        kept = [{key: item[key] for key in COMMITTED_FIELDS if key in item} for item in items]
+        if kept != items:
+            atomic_write_bytes(path, "".join(json.dumps(item) + "\n" for item in kept).encode())
+
+
 # -- the numbers ---------------------------------------------------------------------------------------
 def results(out: Path, size: Size) -> dict[str, dict[int, object]]:
     """Every method's evaluated runs by seed, at its chosen learning rate."""
@@ -147,15 +160,16 @@ def results(out: Path, size: Size) -> dict[str, dict[int, object]]:
 
 
 def paired(runs: dict[str, dict[int, object]], ref: str, other: str, seeds: tuple[int, ...]) -> list[dict]:
-    """``other`` against ``ref`` trained with the same seed, on the same items, seed by seed."""
+    """``other`` against ``ref`` trained with the same seed, on the same items, seed by seed (deltas are
+    ``other`` minus ``ref``)."""
     return [significance_rows(runs[ref][s], [runs[other][s]], ALPHA, RESAMPLES, seed=s)[0] for s in seeds]
 
 
 def claim_verdict(name: str, tests: list[dict]) -> str:
     """What the paired bootstrap says of ``name`` ("X above Y"), counted over the seeds."""
-    above = sum(t["micro"]["significant"] and t["micro"]["delta"] < 0 for t in tests)  # delta is Y minus X
-    below = sum(t["micro"]["significant"] and t["micro"]["delta"] > 0 for t in tests)
-    mean = statistics.fmean(-t["micro"]["delta"] for t in tests)
+    above = sum(t["micro"]["significant"] and t["micro"]["delta"] > 0 for t in tests)  # delta is X minus Y
+    below = sum(t["micro"]["significant"] and t["micro"]["delta"] < 0 for t in tests)
+    mean = statistics.fmean(t["micro"]["delta"] for t in tests)
     counts = f"mean difference {mean:+.2f} points; significant in {above} of {len(tests)} seeds for it, {below} against"
     if above == len(tests):
         return f"**supported** ({counts})"
@@ -203,6 +217,18 @@ def grid_table(out: Path, size: Size, lrs: dict[str, float]) -> str:
             cells.append(f"{validation_loss(point):.4f} / {micro:.2f}{mark}")
         rows.append([method, *cells])
     return table(["method", *(f"lr {lr:g}: val loss / micro %" for lr in size.lrs)], rows)
+
+
+def grid_verdict(out: Path, size: Size, lrs: dict[str, float]) -> str:
+    """Whether the validation loss picked, on seed 1, the rate that also answered more items."""
+    def micro(method: str, lr: float) -> float:
+        return load_result(grid_point(out, method, lr), DECODING).metrics["micro_average"]
+
+    agree = [m for m in METHODS if micro(m, lrs[m]) >= max(micro(m, lr) for lr in size.lrs)]
+    return (f"The rate of lowest validation loss also answered the most items for {len(agree)} of {len(METHODS)} "
+            f"methods ({', '.join(agree) or 'none'}): on this model and budget, validation loss is an imperfect guide "
+            "to accuracy." if len(agree) < len(METHODS) else
+            "The rate of lowest validation loss also answered the most items for every method.")
 
 
 def significance_table(runs: dict[str, dict[int, object]], seeds: tuple[int, ...]) -> tuple[str, dict[str, list[float]]]:
@@ -264,12 +290,14 @@ def activation_lines(out: Path) -> list[str]:
 
 def selection_lines(out: Path) -> list[str]:
     summary = json.loads((out / "layers" / "dls_selection.json").read_text())
-    ranked = sorted(summary["layers"], key=lambda c: -(c["exploit"] + c["explore"]))
-    top = ", ".join(f"layer {c['layer']} ({c['exploit'] + c['explore']})" for c in ranked[:5])
-    never = [c["layer"] for c in summary["layers"] if c["exploit"] + c["explore"] == 0]
-    return [f"- RoSA, seed 1: {summary['selection_events']} selections of k = {summary['k']} of {summary['n_layers']} "
-            f"layers after a {summary['warmup']}-step warm-up. Most often selected: {top}; never selected: "
-            f"{', '.join(map(str, never)) or 'none'}."]
+    events = summary["selection_events"]
+    counts = {c["layer"]: c["exploit"] + c["explore"] for c in summary["layers"]}
+    always = [layer for layer, n in counts.items() if n == events]
+    never = [layer for layer, n in counts.items() if n == 0]
+    return [f"- RoSA, seed 1: {events} selections of k = {summary['k']} of {summary['n_layers']} layers after a "
+            f"{summary['warmup']}-step warm-up. Selected every time: layers {', '.join(map(str, always)) or 'none'}; "
+            f"never: {', '.join(map(str, never)) or 'none'}; the other {len(counts) - len(always) - len(never)} "
+            "layers some of the times."]
 
 
 def copy_figures(out: Path, docs: Path, size: Size) -> dict[str, str]:
@@ -331,7 +359,8 @@ The paper's models are 7B LLaMA/Qwen models trained for 3 epochs on Commonsense1
 - The paper's claims, tested with paired bootstrap intervals of the micro average (same seed, same items;
   "supported" needs a significant difference in the claimed direction in every seed):
 {chr(10).join('  ' + line for line in claim_lines)}
-- Of the {comparisons} method-against-RoSA comparisons, {significance_verdict(significant, comparisons, len(size.seeds))}
+- How many of the {comparisons} method-against-RoSA comparisons (5 methods x {len(size.seeds)} seeds) have a 95% interval
+  that excludes zero? {significance_verdict(significant, comparisons, len(size.seeds))}
 - At this scale a ranking may reflect the short training and the small learning-rate grid ({', '.join(f'{lr:g}' for lr in size.lrs)},
   chosen per method by validation loss; {edge_text}) rather than the methods at their best: each run sees
   {size.steps * size.batch} records, and DLS trains half of the layers at a time after its warm-up, so RoSA
@@ -358,6 +387,8 @@ The paper's models are 7B LLaMA/Qwen models trained for 3 epochs on Commonsense1
 ### Learning-rate grid (seed 1; ← the rate chosen by validation loss)
 
 {grid_table(out, size, lrs)}
+{grid_verdict(out, size, lrs)}
+
 ### Paired tests against RoSA
 
 {sig_table}
@@ -400,6 +431,7 @@ def main() -> int:
     out = Path(args.output_dir or REPO / "studies" / "results" / f"smollm2-{size.name}").resolve()
     started = time.perf_counter()
     run_study(out, size, args.report_only)
+    keep_no_test_items(out)
     timing = out / "minutes.txt"  # the last full invocation's wall time, quoted by --report-only too
     if not args.report_only:
         timing.write_text(f"{(time.perf_counter() - started) / 60:.1f}\n")

@@ -14,19 +14,19 @@ spec.loader.exec_module(study)
 
 
 def paired_tests(*deltas_and_flags):
-    """Paired tests of "X above Y" as the study computes them: delta is Y minus X, in points."""
+    """Paired tests of "X above Y" as the study computes them: delta is X minus Y, in points."""
     return [{"micro": {"delta": delta, "significant": significant}} for delta, significant in deltas_and_flags]
 
 
 def test_a_claim_is_supported_only_when_every_seed_shows_it():
-    assert study.claim_verdict("RoSA above LoRA", paired_tests((-3.0, True), (-2.0, True), (-4.0, True))).startswith(
+    assert study.claim_verdict("RoSA above LoRA", paired_tests((3.0, True), (2.0, True), (4.0, True))).startswith(
         "**supported** (mean difference +3.00 points; significant in 3 of 3 seeds for it, 0 against")
-    assert study.claim_verdict("RoSA above LoRA", paired_tests((-3.0, True), (-2.0, False), (-4.0, True))).startswith(
+    assert study.claim_verdict("RoSA above LoRA", paired_tests((3.0, True), (2.0, False), (4.0, True))).startswith(
         "**not shown** (mean difference +3.00 points; significant in 2 of 3 seeds for it, 0 against")
 
 
 def test_a_claim_the_other_way_round_is_contradicted_and_a_mixed_one_inconsistent():
-    assert study.claim_verdict("x", paired_tests((5.0, True), (1.0, False), (3.0, False))).startswith(
+    assert study.claim_verdict("x", paired_tests((-5.0, True), (-1.0, False), (-3.0, False))).startswith(
         "**contradicted** (mean difference -3.00 points; significant in 0 of 3 seeds for it, 1 against")
     assert study.claim_verdict("x", paired_tests((5.0, True), (-6.0, True), (0.0, False))).startswith("**inconsistent**")
 
@@ -56,3 +56,18 @@ def test_each_size_names_its_runs_as_the_sweep_does():
     for size in study.SIZES.values():
         for lr in size.lrs:
             assert study.grid_point(REPO, "rosa", lr).name == point_name({"method": "rosa", "training.lr": lr})
+
+
+def test_committed_predictions_keep_no_test_item_text(tmp_path):
+    import json
+
+    path = tmp_path / "grid" / "runs" / "p" / "eval" / "greedy" / "predictions.jsonl"
+    path.parent.mkdir(parents=True)
+    items = [{"task": "boolq", "index": i, "prompt": "Please answer ... question", "generation": "the correct answer is true",
+              "extracted": "true", "label": "true", "correct": i == 0} for i in range(2)]
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    study.keep_no_test_items(tmp_path)
+    study.keep_no_test_items(tmp_path)  # idempotent
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"task": "boolq", "index": 0, "extracted": "true", "correct": True},
+        {"task": "boolq", "index": 1, "extracted": "true", "correct": False}]

@@ -19,6 +19,7 @@ from rosa.train.methods import apply_method, match_rank, meta_model, trainable_p
 from rosa.train.recipe import train
 
 TINY = {
+    "precision": "fp32",  # the reproduction tolerances are fp32's; `auto` is bf16 on CPUs with native bf16
     "training.max_steps": 3,
     "training.max_samples": 24,
     "training.batch_size": 4,
@@ -67,7 +68,7 @@ def test_every_method_trains_and_its_saved_adapter_reproduces_the_trained_model(
     # The final adapter, loaded onto a fresh (unmodified) base, gives the trained model's outputs;
     # for PiSSA this goes through the conversion to a plain LoRA.
     tokenizer = load_tokenizer(str(STORIES))
-    base = load_base_model(str(STORIES))
+    base = load_base_model(str(STORIES), precision="fp32")
     untrained = logits(base, tokenizer)
     reloaded = load_adapter(base, run / "adapter")
     trained_again = logits(reloaded, tokenizer)
@@ -76,7 +77,7 @@ def test_every_method_trains_and_its_saved_adapter_reproduces_the_trained_model(
     atol = 1e-4 if method == "pissa" else 1e-6
     torch.testing.assert_close(trained_again, logits(trained_model(config, run / "checkpoint-3"), tokenizer), rtol=0, atol=atol)
     if method == "pissa":
-        unconverted = load_adapter(load_base_model(str(STORIES)), run / "checkpoint-3")
+        unconverted = load_adapter(load_base_model(str(STORIES), precision="fp32"), run / "checkpoint-3")
         assert (logits(unconverted, tokenizer) - trained_again).abs().max() > 100 * atol, "the conversion matters"
 
 
@@ -84,7 +85,7 @@ def trained_model(config, checkpoint):
     """The model as training left it: the method applied to a fresh base, then the checkpoint's weights.
     For PiSSA this is the residual base plus the unconverted adapter, so the comparison above checks
     the conversion to a plain LoRA."""
-    model = apply_method(load_base_model(str(STORIES)), config)
+    model = apply_method(load_base_model(str(STORIES), precision="fp32"), config)
     if config.method in ("rosa", "roae"):
         return load_adapter(model.unload(), checkpoint)
     set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
@@ -181,7 +182,7 @@ def test_match_params_on_the_command_line_prints_both_counts_and_records_them(tm
 def test_meta_counts_equal_the_real_models_counts(tmp_path):
     for method in ("rosa", "lora", "dora", "pissa"):
         config = config_for(tmp_path, method)
-        real = apply_method(load_base_model(str(STORIES)), config)
+        real = apply_method(load_base_model(str(STORIES), precision="fp32"), config)
         assert trainable_parameters(config) == sum(p.numel() for p in real.parameters() if p.requires_grad)
     assert all(p.device.type == "meta" for p in meta_model(str(STORIES)).parameters())
 

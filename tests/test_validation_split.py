@@ -23,7 +23,7 @@ STEPS = 8
 # 40 records: 8 held out, 32 trained on (8 steps of 4). A learning rate of 0.3 overshoots after the
 # first steps, so the evaluation loss rises after its minimum and the best checkpoint is not the last.
 # Evaluated at every step, checkpointed every 2 steps, 2 checkpoints kept (the newest and the best).
-DIVERGING = ["train", "--data", "commonsense_mix", "--max-steps", str(STEPS), "--max-samples", "40", "--batch-size", "4",
+DIVERGING = ["train", "--precision", "fp32", "--data", "commonsense_mix", "--max-steps", str(STEPS), "--max-samples", "40", "--batch-size", "4",
              "--lr", "0.3", "--set", "training.warmup_steps=0", "--set", "training.cutoff_len=64",
              "--set", "training.logging_steps=1", "--set", "training.val_set_size=8", "--set", "training.eval_steps=1",
              "--set", "training.save_steps=2", "--set", "training.save_total_limit=2",

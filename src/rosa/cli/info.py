@@ -63,15 +63,17 @@ def print_memory_estimate(args: argparse.Namespace, base, model, config, head_di
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
     rosa_trainable = model.get_nb_trainable_parameters()[0]
-    lora, rank, lora_trainable = match_rank(ExperimentConfig(model=args.model, data="-", output_dir="-", method="lora",
-                                                             trust_remote_code=args.trust_remote_code), rosa_trainable)
     low_dims = len(model.geometry.rotary[0].low_frequency_dims)
-    rows = [
-        (f"rosa (rank {config.rank}, {','.join(config.targets)})", rosa_trainable,
-         Adapter(roae_targets=config.targets, roae_rank=config.rank, low_dims=low_dims)),
-        (f"lora (rank {rank}, matched)", lora_trainable,
-         Adapter(lora_targets=lora.lora.targets, lora_rank=rank, lora_dropout=lora.lora.dropout)),
-    ]
+    rows = [(f"rosa (rank {config.rank}, {','.join(config.targets)})", rosa_trainable,
+             Adapter(roae_targets=config.targets, roae_rank=config.rank, low_dims=low_dims))]
+    lora = ExperimentConfig(model=args.model, data="-", output_dir="-", method="lora", trust_remote_code=args.trust_remote_code)
+    linear_names = {name.rsplit(".", 1)[-1] for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
+    targets = tuple(t for t in lora.lora.targets if t in linear_names)  # LLM-Adapters' targets this model has
+    if targets:
+        lora.lora.targets = targets
+        lora, rank, lora_trainable = match_rank(lora, rosa_trainable)
+        rows.append((f"lora (rank {rank} on {','.join(t.removesuffix('_proj') for t in targets)}, matched)", lora_trainable,
+                     Adapter(lora_targets=targets, lora_rank=rank, lora_dropout=lora.lora.dropout)))
     weights = f"base {args.quantize}" if args.quantize else f"base {args.precision}"
     print(f"\ntraining memory, estimated: micro-batch {args.batch_size} x {args.seq_len} tokens, {args.precision} "
           f"activations, {weights}, fp32 adapter with AdamW; +{FRAMEWORK_GIB:g} GiB for the framework in 'fits'")
