@@ -102,3 +102,10 @@ def test_a_missing_quantisation_library_is_named_with_its_install_command(monkey
     with pytest.raises(RoSAConfigError, match="quantize int4 here needs optimum-quanto, which is not installed: pip install optimum-quanto"):
         quantization_config("int4", CPU, torch.float32)
     assert quantization_config(None, CPU, torch.float32) is None
+
+
+def test_an_unknown_quantisation_is_refused_where_the_config_is_read():
+    with pytest.raises(RoSAConfigError, match=r"quantize must be one of int8, int4, nf4 \(or left out\), got 'int3'\."):
+        ExperimentConfig(model="m", data="d", output_dir="o", quantize="int3")
+    with pytest.raises(RoSAConfigError, match="got 'int3'"):
+        load_base_model(str(require(STORIES)), precision="fp32", device=CPU, quantize="int3")

@@ -90,7 +90,7 @@ def weight_bytes(base: nn.Module, dtype: torch.dtype, quantize: str | None) -> i
     quantised if asked."""
     from rosa.architecture import find_decoder_stack
 
-    element = torch.empty((), dtype=dtype).element_size()
+    element = dtype.itemsize
     quantized = set()
     if quantize is not None:
         stack = find_decoder_stack(base)
@@ -141,7 +141,7 @@ def estimate(base: nn.Module, adapter: Adapter, trainable: int, *, batch: int, s
              quantize: str | None = None) -> MemoryEstimate:
     """The peak memory of one training step with micro-batch ``batch`` of ``seq_len`` tokens."""
     shape = Shape.of(base)
-    element = torch.empty((), dtype=dtype).element_size()
+    element = dtype.itemsize
     tokens = batch * seq_len
     return MemoryEstimate(
         weights=weight_bytes(base, dtype, quantize),

@@ -35,8 +35,7 @@ def quantization_config(kind: str | None, device: torch.device, compute_dtype: t
     """
     if kind is None:
         return None
-    if kind not in QUANTIZATIONS:
-        raise RoSAConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or left out), got {kind!r}.")
+    check_choice(kind)
     if kind == "nf4" and device.type != "cuda":
         raise RoSAConfigError(
             "quantize nf4 needs a CUDA GPU: bitsandbytes' 4-bit CPU kernels have no backward after a forward "
@@ -57,9 +56,12 @@ def quantization_config(kind: str | None, device: torch.device, compute_dtype: t
     return QuantoConfig(weights=kind)
 
 
-def check_method(kind: str | None, method: str) -> None:
-    """PiSSA replaces each base weight by its residual after an SVD of it; a quantised weight cannot take
-    that residual exactly, and no test here shows the result right."""
+def check_choice(kind: str | None, method: str | None = None) -> None:
+    """A known quantisation, and a method that can train on it. PiSSA replaces each base weight by its
+    residual after an SVD of it; a quantised weight cannot take that residual exactly, and no test here
+    shows the result right."""
+    if kind is not None and kind not in QUANTIZATIONS:
+        raise RoSAConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or left out), got {kind!r}.")
     if kind is not None and method == "pissa":
         raise RoSAConfigError(
             f"method pissa cannot train on a quantised base (quantize {kind}): PiSSA rewrites the base weights with "

@@ -49,26 +49,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"adapted layers      {layer_ranges(sorted(model.roae_adapters()))}" + (f"; without RoPE, left out: {model.nope_layers}" if model.nope_layers else ""))
     print(f"DLS norms per layer {list(block_norms(find_decoder_stack(base).layers[0]))}")
     model.print_trainable_parameters()
-    print_memory_estimate(args, base, model, config, head_dim)
+    print_memory_estimate(args, base, model, config)
     return 0
 
 
-def print_memory_estimate(args: argparse.Namespace, base, model, config, head_dim: int) -> None:
+def print_memory_estimate(args: argparse.Namespace, base, model, config) -> None:
     """RoSA as configured and LoRA (LLM-Adapters' targets and dropout) at the closest trainable count."""
     import torch
 
     from rosa.estimate import GIB, Adapter, estimate
+    from rosa.loading import resolve_dtype
     from rosa.train.config import ExperimentConfig
-    from rosa.train.methods import match_rank
+    from rosa.train.methods import linear_module_names, match_rank
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
+    dtype = resolve_dtype(args.precision, torch.device("cpu"))  # an explicit precision: the device does not matter
     rosa_trainable = model.get_nb_trainable_parameters()[0]
     low_dims = len(model.geometry.rotary[0].low_frequency_dims)
     rows = [(f"rosa (rank {config.rank}, {','.join(config.targets)})", rosa_trainable,
              Adapter(roae_targets=config.targets, roae_rank=config.rank, low_dims=low_dims))]
     lora = ExperimentConfig(model=args.model, data="-", output_dir="-", method="lora", trust_remote_code=args.trust_remote_code)
-    linear_names = {name.rsplit(".", 1)[-1] for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
-    targets = tuple(t for t in lora.lora.targets if t in linear_names)  # LLM-Adapters' targets this model has
+    targets = tuple(t for t in lora.lora.targets if t in linear_module_names(base))  # LLM-Adapters' targets this model has
     if targets:
         lora.lora.targets = targets
         lora, rank, lora_trainable = match_rank(lora, rosa_trainable)

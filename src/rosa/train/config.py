@@ -19,7 +19,7 @@ import yaml
 from rosa.config import DLSConfig, RoSAConfig
 from rosa.errors import RoSAConfigError
 from rosa.loading import PRECISIONS
-from rosa.quantize import QUANTIZATIONS, check_method
+from rosa.quantize import check_choice
 
 # Learning rates when none is given: the paper's 1e-3 for RoAE; LLM-Adapters' 3e-4 for LoRA (and
 # for PiSSA and LoRA+DLS, which share its adapter); 2e-4 for DoRA, its authors' LLaMA-7B setting.
@@ -123,9 +123,7 @@ class ExperimentConfig:
     def __post_init__(self):
         _check(self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.quantize in (None, *QUANTIZATIONS),
-               f"quantize must be one of {', '.join(QUANTIZATIONS)} (or left out), got {self.quantize!r}")
-        check_method(self.quantize, self.method)
+        check_choice(self.quantize, self.method)
         for name in ("model", "data", "output_dir"):
             _check(isinstance(getattr(self, name), str) and getattr(self, name), f"{name} is required (a non-empty string)")
 

@@ -97,8 +97,13 @@ def match_rank(config: ExperimentConfig, reference: int) -> tuple[ExperimentConf
     return with_rank(config, rank), rank, candidates[rank]
 
 
+def linear_module_names(base: nn.Module) -> set[str]:
+    """The last name part of every Linear module (``q_proj``, ``fc1``, ...): what LoRA targets can name."""
+    return {name.rsplit(".", 1)[-1] for name, module in base.named_modules() if isinstance(module, nn.Linear)}
+
+
 def _check_lora_targets(base: nn.Module, targets: tuple[str, ...]) -> None:
-    linear_names = {name.rsplit(".", 1)[-1] for name, module in base.named_modules() if isinstance(module, nn.Linear)}
+    linear_names = linear_module_names(base)
     absent = [t for t in targets if t not in linear_names]
     if absent:
         raise RoSAConfigError(
