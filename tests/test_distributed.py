@@ -78,9 +78,50 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
         torch.testing.assert_close(weights_two[name], tensor, rtol=1e-4, atol=1e-6)
 
 
-def test_dls_freeze_mode_is_refused_on_several_processes_before_anything_is_written(tmp_path):
+@pytest.fixture(scope="module")
+def freeze_runs(tmp_path_factory):
     require(STORIES), require(DATA)
-    done, _ = launch(tmp_path, "freeze", 2, "--set", "dls.mode=freeze")
+    tmp_path = tmp_path_factory.mktemp("ddp-freeze")
+    records = []
+    for name, processes in (("single", 1), ("double", 2)):
+        done, record = launch(tmp_path, name, processes, "--set", "dls.mode=freeze")
+        assert done.returncode == 0, done.stderr
+        records.append(record)
+    return records
+
+
+def test_dls_freeze_on_two_processes_trains_like_one_process(freeze_runs):
+    """rosa train asks DDP to find the parameters each selection leaves without a gradient, so freeze
+    mode runs data-parallel: the same selections as one process with the same global batch, weights equal
+    within the summation-order tolerance, and only the selected layers' adapters moved after each selection."""
+    single, double = freeze_runs
+    one, two = (json.loads((record / "rank0.json").read_text())["history"] for record in (single, double))
+    assert [(h["step"], h["selected"]) for h in one] == [(h["step"], h["selected"]) for h in two]
+    assert json.loads((double / "rank1.json").read_text())["history"] == two
+    weights_one, weights_two = (load_file(record / "rank0.safetensors") for record in (single, double))
+    for name, tensor in weights_one.items():
+        torch.testing.assert_close(weights_two[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_dls_freeze_is_refused_on_several_processes_when_ddp_is_told_not_to_look_for_unused_parameters():
+    from types import SimpleNamespace
+
+    from rosa import DLSCallback, DLSConfig, RoSAError
+
+    callback = DLSCallback(DLSConfig(mode="freeze"))
+    args = SimpleNamespace(world_size=2, ddp_find_unused_parameters=False)
+    with pytest.raises(RoSAError, match="needs ddp_find_unused_parameters=True"):
+        callback.on_train_begin(args, None, None, model=None, optimizer=object())
+
+
+def test_rosa_train_under_accelerates_fsdp_is_refused_before_anything_is_written(tmp_path):
+    """On a CPU, ``accelerate launch --use_fsdp`` would run two independent unsharded trainings and exit 0."""
+    require(STORIES), require(DATA)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
+               "--num_processes", "2", WORKER, *TRAIN, "--output-dir", str(tmp_path / "fsdp")]
+    done = subprocess.run(command, env={**ENV, "ROSA_TEST_RECORD": str(tmp_path)}, cwd=REPO, capture_output=True, text=True,
+                          timeout=HANG_GUARD)
     assert done.returncode != 0
-    assert "DLS mode 'freeze' cannot run on 2 processes" in done.stderr and "dls.mode=skip" in done.stderr
-    assert not (tmp_path / "freeze").exists()
+    assert "rosa train does not shard with FSDP" in done.stderr and "rosa.fsdp" in done.stderr
+    assert not (tmp_path / "fsdp").exists()

@@ -200,3 +200,15 @@ def test_arithmetic_text_keeps_special_tokens_as_upstream_decodes_it():
     assert math.replace(" ", "") == f"24{tokenizer.bos_token}5{tokenizer.eos_token}"  # nothing after the first EOS
     assert commonsense.replace(" ", "") == "245"  # special tokens skipped (this tokenizer puts a space between)
     assert extract_answer("gsm8k", math) == 5.0
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam4"])
+def test_the_shared_prefill_uses_the_cache_api_transformers_6_keeps(base, tokenizer, decoding):
+    """transformers 5.x warns (FutureWarning) that ``past_key_values`` goes away in 6.0; the evaluation's
+    shared prefill must hand ``generate`` its cache under the current name, so no such warning is raised."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate_responses(base, tokenizer, prompts_of("boolq", 2), generation_config(decoding, 2, tokenizer))
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]

@@ -7,7 +7,7 @@ import torch
 
 from conftest import randomize_adapters, tiny_model
 from rosa import RoSAConfig, get_rosa_model
-from rosa.roae.layer import _scale_low_dims_in_place, _ScaleLowDims
+from rosa.roae.modulation import LowDims, scale_low_dims
 
 
 @pytest.mark.parametrize("family", ["llama", "phi", "gpt_neox"])
@@ -25,13 +25,20 @@ def test_inference_gives_the_training_paths_logits_and_generations(family, dtype
     assert torch.equal(generated, uncached)
 
 
-def test_the_in_place_path_copies_a_view_instead_of_writing_through_it():
+@pytest.mark.parametrize("dims", [[1, 5], [1, 2, 4]], ids=["strided", "gathered"])
+def test_the_in_place_path_copies_a_view_instead_of_writing_through_it(dims):
     whole = torch.randn(2, 3, 4, 8)
     before = whole.clone()
     view = whole[:, :2]
-    low_dims, scale = torch.tensor([1, 5]), torch.randn(2, 2, 4, 2)
-    out = _scale_low_dims_in_place(view, scale, low_dims)
+    low = LowDims(dims, 8)
+    index = torch.tensor(dims)
+    scale = torch.randn(2, 2, 4, *low.shape)
+    with torch.no_grad():
+        out = scale_low_dims(view, scale, low, index)
     assert torch.equal(whole, before)  # the tensor behind the view is untouched
-    assert torch.equal(out, _ScaleLowDims.apply(view, scale, low_dims))
+    expected = view.clone()
+    expected[..., dims] = (view[..., dims] + view[..., dims] * scale.flatten(-len(low.shape)))
+    assert torch.equal(out, expected)
     fresh = view.clone()
-    assert _scale_low_dims_in_place(fresh, scale, low_dims) is fresh and torch.equal(fresh, out)
+    with torch.no_grad():
+        assert scale_low_dims(fresh, scale, low, index) is fresh and torch.equal(fresh, out)

@@ -109,3 +109,21 @@ def test_an_unknown_quantisation_is_refused_where_the_config_is_read():
         ExperimentConfig(model="m", data="d", output_dir="o", quantize="int3")
     with pytest.raises(RoSAConfigError, match="got 'int3'"):
         load_base_model(str(require(STORIES)), precision="fp32", device=CPU, quantize="int3")
+
+
+def test_a_quantised_load_on_a_cpu_hands_the_freed_full_precision_memory_back(real_smollm2):
+    """Quantising on load reads and frees every full-precision weight; glibc would keep that memory for the
+    process (measured on SmolLM2 int8: resident 1,684 MiB after loading untrimmed, 914 MiB trimmed)."""
+    import subprocess
+    import sys
+
+    from processes import ENV
+
+    code = ("import torch; from rosa.loading import load_base_model; "
+            f"load_base_model({str(real_smollm2.file)!r}, precision='fp32', device=torch.device('cpu'), quantize='int8'); "
+            "print(*[line.split()[1] for line in open('/proc/self/status') if line.startswith(('VmHWM', 'VmRSS'))])")
+    done = subprocess.run([sys.executable, "-c", code], env={**ENV, "ROSA_CACHE_DIR": str(real_smollm2.cache)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak, resident = (int(kib) / 1024 for kib in done.stdout.split()[-2:])
+    assert resident < 0.75 * peak, f"resident {resident:.0f} MiB of a {peak:.0f} MiB peak after loading"

@@ -9,7 +9,7 @@ import torch._dynamo
 
 from conftest import tiny_model
 from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, get_rosa_model
-from rosa.roae.layer import _ScaleLowDims
+from rosa.roae.modulation import LowDims, scale_low_dims
 
 N_LAYERS = 4
 CHECKPOINTING = {"plain": None, "non-reentrant": {"use_reentrant": False}, "reentrant": {"use_reentrant": True}}
@@ -21,16 +21,27 @@ def plain_modulation(states, scale, low_dims):
     return states.index_copy(-1, low_dims, (low32 + low32 * scale).to(states.dtype))
 
 
-def modulation_results(function, states, scale, low_dims, grad):
+def rosa_modulation(states, scale, low_dims):
+    """RoAE's modulation, with the scale in the shape it reads the low dims in."""
+    low = LowDims(low_dims.tolist(), states.shape[-1])
+    return scale_low_dims(states, scale.unflatten(-1, low.shape), low, low_dims)
+
+
+def modulation_results(function, states, scale, low_dims, grad, fresh=False):
     states, scale = states.detach().requires_grad_(), scale.detach().requires_grad_()
-    out = function(states, scale, low_dims)
+    # A fresh non-leaf (what RoPE returns) is modulated in place; a view is copied first.
+    rotated = states * 1 if fresh else states
+    out = function(rotated, scale, low_dims)
     out.backward(grad)
-    return out, states.grad, scale.grad
+    return out.flatten(), states.grad, scale.grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("low_dims", [[6, 7, 14, 15], [0, 2, 3, 8, 10, 11]], ids=["standard", "scattered"])
-def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, low_dims):
+@pytest.mark.parametrize("fresh", [False, True], ids=["view", "fresh"])
+@pytest.mark.parametrize(
+    "low_dims", [[6, 7, 14, 15], [12, 13, 14, 15], [0, 2, 3, 8, 10, 11]], ids=["rotate-half", "interleaved", "scattered"]
+)
+def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, fresh, low_dims):
     generator = torch.Generator().manual_seed(0)
     # [batch, heads, seq, dim] as a transposed view, which is how q and k leave RoPE.
     states = torch.randn(2, 5, 3, 16, generator=generator).to(dtype).transpose(1, 2)
@@ -38,16 +49,23 @@ def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, low_dims):
     grad = torch.randn(2, 3, 5, 16, generator=generator).to(dtype)
     index = torch.tensor(low_dims)
     expected = modulation_results(plain_modulation, states, scale, index, grad)
-    actual = modulation_results(_ScaleLowDims.apply, states, scale, index, grad)
+    actual = modulation_results(rosa_modulation, states, scale, index, grad, fresh)
     for name, a, e in zip(("output", "states grad", "scale grad"), actual, expected):
         assert torch.equal(a, e), name
 
 
-def test_modulation_gradients_pass_gradcheck():
+@pytest.mark.parametrize("dims,runs", [([6, 7, 14, 15], (8, 0, 2, 6, 2)), ([12, 13, 14, 15], (16, 0, 1, 12, 4)),
+                                       ([3, 7], (4, 0, 2, 3, 1)), ([0, 2, 3, 8, 10, 11], None), ([6, 7, 12, 13], None)])
+def test_low_dims_are_read_as_a_strided_view_under_regular_layouts(dims, runs):
+    assert LowDims(dims, 16).runs == runs
+
+
+@pytest.mark.parametrize("low_dims", [[2, 3, 6, 7], [1, 2, 5]], ids=["strided", "gathered"])
+def test_modulation_gradients_pass_gradcheck(low_dims):
     generator = torch.Generator().manual_seed(1)
     states = torch.randn(1, 2, 3, 8, dtype=torch.float64, generator=generator, requires_grad=True)
-    scale = torch.randn(1, 2, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
-    assert torch.autograd.gradcheck(_ScaleLowDims.apply, (states, scale, torch.tensor([2, 3, 6, 7])))
+    scale = torch.randn(1, 2, 3, len(low_dims), dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s, c: rosa_modulation(s * 1, c, torch.tensor(low_dims)), (states, scale))
 
 
 def rosa_model(checkpointing: str = "plain"):

@@ -13,7 +13,7 @@ from rosa.errors import AdapterLoadError
 from rosa.gguf import GGUFSource, dequantised_directory, gguf_source
 from rosa.interrupt import LOADING_MODEL, during
 from rosa.legacy_adapter import is_legacy, load_legacy_adapter, unreadable_weights
-from rosa.quantize import quantization_config
+from rosa.quantize import quantization_config, release_freed_memory
 from rosa.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_json
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -94,7 +94,10 @@ def load_base_model(
     if source is not None:  # a GGUF file's cached conversion: adapters record the file it came from
         model.config._name_or_path = model.name_or_path = str(source.file)
         model.config.gguf_sha256 = Path(directory).name  # the cache entry is named by the file's hash
-    return model if quantization else model.to(device)  # bitsandbytes models refuse .to()
+    if quantization:
+        release_freed_memory(device)
+        return model  # bitsandbytes models refuse .to()
+    return model.to(device)
 
 
 def model_directory(name_or_path: str) -> tuple[str, GGUFSource | None]:

@@ -18,6 +18,9 @@ gradients silently become zero (torch only warns).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 from typing import Any
 
 import torch
@@ -78,3 +81,22 @@ def _require(module: str, package: str, kind: str) -> None:
         found = False
     if not found:
         raise RoSAConfigError(f"quantize {kind} here needs {package}, which is not installed: pip install {package}")
+
+
+def release_freed_memory(device: torch.device) -> None:
+    """Hand the memory quantising on a CPU freed back to the operating system.
+
+    Quantising on load reads each full-precision weight and frees it again, but glibc's allocator keeps
+    freed heap memory for the process: measured on SmolLM2-135M with optimum-quanto int8, the process held
+    1,684 MiB after loading, 914 MiB once trimmed (the fp32 base loads in 411 MiB), and the held memory
+    stayed in every later peak. ``malloc_trim`` returns it; elsewhere (no glibc, or a GPU, where the
+    weights live in device memory) this does nothing.
+    """
+    if device.type != "cpu":
+        return
+    library = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    if trim is not None:
+        gc.collect()
+        trim(0)
+

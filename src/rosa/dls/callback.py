@@ -18,10 +18,10 @@ STATE_NAME = "dls_state.json"
 
 def freeze_under_ddp_message(processes: int) -> str:
     return (
-        f"DLS mode 'freeze' cannot run on {processes} processes: it stops gradients of parameters that "
-        "DistributedDataParallel registered when it wrapped the model, and DDP then fails with 'Expected to "
-        "have finished reduction in the prior iteration'. Use dls.mode=skip (the same selections and "
-        "updates, without the compute saving) or train on one process."
+        f"DLS mode 'freeze' on {processes} processes needs ddp_find_unused_parameters=True in the "
+        "TrainingArguments: freeze leaves the unselected layers' adapter parameters without a gradient, and "
+        "DDP fails with 'Expected to have finished reduction in the prior iteration' unless it looks for "
+        "such parameters every step. Set it (rosa train does), or use dls.mode=skip."
     )
 
 
@@ -48,7 +48,8 @@ class DLSCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if optimizer is None:
             raise RoSAError("DLSCallback needs the Trainer's optimizer at train begin; use a transformers.Trainer.")
-        if args.world_size > 1 and self.config.mode == "freeze":
+        # Left unset, transformers asks DDP to find them for a PeftModel; only an explicit False fails.
+        if args.world_size > 1 and self.config.mode == "freeze" and args.ddp_find_unused_parameters is False:
             raise RoSAError(freeze_under_ddp_message(args.world_size))
         self.selector = DynamicLayerSelector(model, self.config)
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from rosa.architecture import DecoderStack, block_norms, find_decoder_stack
 from rosa.config import DLSConfig, RoSAConfig
@@ -47,10 +48,21 @@ def _layer_groups(model: nn.Module, stack: DecoderStack, norm_names: tuple[str, 
     return groups
 
 
+def _layer_norms(grads: list[list[torch.Tensor]]) -> list[float]:
+    """Each layer's norm-weight gradient norm, the same on every process.
+
+    Under data parallelism (DDP) each process holds the gradients of its own micro-batches: they are
+    averaged first, as DDP averages parameter gradients, so the scores are those of the global batch.
+    Under FSDP2 they are ``DTensor`` shards FSDP has already averaged: each process sums the squares of
+    its shard and one all-reduce adds the shards up, with no second averaging.
+    """
+    if any(isinstance(grad, DTensor) for layer in grads for grad in layer):
+        return _sharded_norms(grads)
+    grads = _averaged_over_processes(grads)
+    return [float(torch.sqrt(sum(grad.pow(2).sum() for grad in layer))) for layer in grads]
+
+
 def _averaged_over_processes(grads: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
-    """Under data parallelism each process sees its own micro-batches: average the norm gradients
-    (as DDP averages parameter gradients) so every process scores, and selects, the same layers,
-    and the scores are those of the global batch."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return grads
     world = torch.distributed.get_world_size()
@@ -60,6 +72,21 @@ def _averaged_over_processes(grads: list[list[torch.Tensor]]) -> list[list[torch
     torch.distributed.all_reduce(flat)
     pieces = iter(torch.split(flat / world, [grad.numel() for layer in grads for grad in layer]))
     return [[next(pieces).view_as(grad) for grad in layer] for layer in grads]
+
+
+def _sharded_norms(grads: list[list[torch.Tensor]]) -> list[float]:
+    reference = grads[0][0]
+    if not all(isinstance(grad, DTensor) and grad.device_mesh == reference.device_mesh
+               and grad.placements == reference.placements for layer in grads for grad in layer):
+        raise RoSAError("DLS found norm weights sharded in different ways (or some not at all); shard every "
+                        "decoder layer the same way, for example with rosa.fsdp.shard_model.")
+    squares = torch.stack([sum(grad.to_local().float().pow(2).sum() for grad in layer) for layer in grads])
+    for mesh_dim, placement in enumerate(reference.placements):
+        if placement.is_shard():
+            torch.distributed.all_reduce(squares, group=reference.device_mesh.get_group(mesh_dim))
+        elif not placement.is_replicate():
+            raise RoSAError(f"DLS cannot score norm gradients placed as {placement}; expected shards or replicas.")
+    return [float(value) for value in squares.sqrt()]
 
 
 def _detach_hidden(module: nn.Module, args: tuple, kwargs: dict):
@@ -179,8 +206,7 @@ class DynamicLayerSelector:
                 f"DLS scoring step {self.step_count}: no norm-weight gradient for layers {missing}. Call "
                 "selector.step() once per optimizer step, after loss.backward() and before optimizer.step()."
             )
-        grads = _averaged_over_processes([self._norm_grads[g.index] for g in self.groups])
-        return [float(torch.sqrt(sum(grad.pow(2).sum() for grad in layer))) for layer in grads]
+        return _layer_norms([self._norm_grads[g.index] for g in self.groups])
 
     def _select(self, scores: list[float]) -> None:
         exploit = bool(torch.rand((), generator=self.generator) < self.config.p_exploit)

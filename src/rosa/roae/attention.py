@@ -63,12 +63,16 @@ class RoSALayer(nn.Module, BaseTunerLayer):
     def running_adapter(self) -> RoAE | None:
         """The adapter this block applies now: ``None`` when adapters are disabled or the active adapter
         does not cover this layer (``RoSAConfig(layers=...)``)."""
-        if self.disable_adapters:
+        if self._disable_adapters:
             return None
-        active = [name for name in self.active_adapters if name in self.rosa_roae]
+        adapters = self._modules["rosa_roae"]._modules  # read per call (through no nn.Module lookup): never stale
+        names = self._active_adapter
+        if isinstance(names, str):
+            return adapters.get(names)
+        active = [name for name in names if name in adapters]
         if len(active) > 1:
             raise ValueError(ONE_ADAPTER_AT_A_TIME.format(names=active))
-        return self.rosa_roae[active[0]] if active else None
+        return adapters[active[0]] if active else None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         adapter = self.running_adapter()

@@ -6,8 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch import nn
+
+from rosa.roae.modulation import LowDims, scale_low_dims
 
 
 class RoAE(nn.Module):
@@ -49,6 +50,7 @@ class RoAE(nn.Module):
             self.register_parameter(f"{target}_A", nn.Parameter(A.to(dtype)))
             self.register_parameter(f"{target}_B", nn.Parameter(torch.zeros(n * self.d_low, rank, dtype=dtype)))
         self.register_buffer("low_dims", torch.tensor(low_dims, dtype=torch.long), persistent=False)
+        self.low = LowDims(low_dims, dim)
         # Saved with the weights: the rotary frequencies of the adapted dims, so weights loaded into an
         # existing adapter (which PEFT does without reading their config) are checked against this base.
         self.register_buffer("low_frequencies", torch.tensor(low_frequencies, dtype=torch.float32))
@@ -56,12 +58,13 @@ class RoAE(nn.Module):
     def adapter_input(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` in the adapter's dtype, cast once for all targets: under a bf16 base, q and k would
         otherwise each keep an fp32 copy of it for the backward pass (one hidden state per token and layer)."""
-        return hidden.to(getattr(self, f"{next(iter(self.heads))}_A").dtype)
+        dtype = getattr(self, f"{next(iter(self.heads))}_A").dtype
+        return hidden if hidden.dtype == dtype else hidden.to(dtype)
 
     def signal(self, target: str, hidden: torch.Tensor) -> torch.Tensor:
         """``S = SiLU(B(A H))``; ``B`` starts at zero so ``S = 0`` and the base model is unchanged."""
         A, B = getattr(self, f"{target}_A"), getattr(self, f"{target}_B")
-        return F.silu(F.linear(F.linear(hidden.to(A.dtype), A), B))
+        return F.silu(F.linear(F.linear(hidden if hidden.dtype == A.dtype else hidden.to(A.dtype), A), B))
 
     def modulate(self, target: str, states: torch.Tensor, hidden: torch.Tensor, heads_axis: int) -> torch.Tensor:
         """``Z_low + Z_low * (alpha * S)`` on the low-frequency dims; all other dims untouched.
@@ -77,56 +80,8 @@ class RoAE(nn.Module):
                 f"{heads_axis}, got states of shape {tuple(states.shape)}; rebuild the RoSA model after "
                 "changing the base model's config."
             )
-        signal = self.signal(target, hidden).unflatten(-1, (n_heads, self.d_low))  # [b, s, h, d_low]
+        signal = self.signal(target, hidden).unflatten(-1, (n_heads, *self.low.shape))  # [b, s, h, *low]
         if heads_axis == 1:
             signal = signal.transpose(1, 2)
         scale = signal if self.alpha == 1.0 else self.alpha * signal  # x * 1.0 == x: the same bits, one kernel less
-        if torch.is_grad_enabled() and (states.requires_grad or scale.requires_grad):
-            return _ScaleLowDims.apply(states, scale, self.low_dims)
-        return _scale_low_dims_in_place(states, scale, self.low_dims)
-
-
-class _ScaleLowDims(torch.autograd.Function):
-    """``states`` with the dims ``low_dims`` replaced by ``low + low * scale``, computed in ``scale``'s
-    dtype and rounded once to the states' dtype.
-
-    The backward is written by hand because autograd through the plain ``index_select`` /
-    ``index_copy`` formulation allocates two full-size gradients of the states per call (the
-    incoming gradient with the low dims zeroed, and the low dims scattered into zeros) and makes a
-    third full pass to sum them; here the states' gradient is one ``index_copy`` of the incoming
-    gradient, since ``d out / d low = 1 + scale`` on the low dims and 1 elsewhere. Forward and
-    gradients are bitwise those of the plain formulation, and only the (small) low dims are kept
-    for backward.
-    """
-
-    @staticmethod
-    def forward(ctx, states, scale, low_dims):
-        low = states.index_select(-1, low_dims)
-        ctx.save_for_backward(low if ctx.needs_input_grad[1] else None, scale, low_dims)
-        return states.index_copy(-1, low_dims, _scaled(low, scale))
-
-    @staticmethod
-    @once_differentiable  # the hand-written backward is not itself differentiable
-    def backward(ctx, grad):
-        low, scale, low_dims = ctx.saved_tensors
-        grad_low = grad.index_select(-1, low_dims)
-        grad_states = grad.index_copy(-1, low_dims, _scaled(grad_low, scale)) if ctx.needs_input_grad[0] else None
-        grad_scale = grad_low.to(scale.dtype) * low.to(scale.dtype) if ctx.needs_input_grad[1] else None
-        return grad_states, grad_scale, None
-
-
-def _scale_low_dims_in_place(states: torch.Tensor, scale: torch.Tensor, low_dims: torch.Tensor) -> torch.Tensor:
-    """:class:`_ScaleLowDims`'s forward without autograd (generation, evaluation): the same arithmetic,
-    written into ``states`` itself instead of into a full copy of it. ``states`` is what the rotary
-    function just returned, a fresh tensor nothing else holds; a view (of a tensor that may be read
-    elsewhere) is copied instead."""
-    scaled = _scaled(states.index_select(-1, low_dims), scale)
-    if states._base is not None:
-        return states.index_copy(-1, low_dims, scaled)
-    return states.index_copy_(-1, low_dims, scaled)
-
-
-def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``x + x * scale`` in ``scale``'s dtype, back in ``x``'s."""
-    x32 = x.to(scale.dtype)
-    return (x32 + x32 * scale).to(x.dtype)
+        return scale_low_dims(states, scale, self.low, self.low_dims)

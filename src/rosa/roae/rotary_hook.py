@@ -228,27 +228,32 @@ def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
     return calls[0] if calls else None
 
 
-@contextlib.contextmanager
-def publishing(adapter: RoAE, hidden: torch.Tensor) -> Iterator[None]:
+class publishing:
     """Publish ``adapter`` while its attention block runs (:class:`rosa.roae.attention.RoSALayer`).
 
     On exit (exceptions included) the context is withdrawn, so a failed call can never leave a stale
     adapter active for the next block; on a normal exit a block that never applied RoPE raises, so
-    a NoPE layer cannot silently skip its adapter.
+    a NoPE layer cannot silently skip its adapter. A class rather than a generator context manager:
+    it runs once per layer and generated token, where a generator's overhead shows.
     """
-    block = _ActiveBlock(adapter, hidden)
-    token = _ACTIVE.set(block)
-    _count_published(1)
-    try:
-        yield
-    finally:
+
+    __slots__ = ("block", "token")
+
+    def __init__(self, adapter: RoAE, hidden: torch.Tensor):
+        self.block = _ActiveBlock(adapter, hidden)
+
+    def __enter__(self) -> None:
+        self.token = _ACTIVE.set(self.block)
+        _count_published(1)
+
+    def __exit__(self, kind, error, traceback) -> None:
         _count_published(-1)
-        _ACTIVE.reset(token)
-    if not block.applied:
-        raise RuntimeError(
-            f"RoAE layer {adapter.layer_index}: the attention block ran without applying RoPE, so the "
-            "adapter was not used. Exclude this layer with RoSAConfig(layers=...)."
-        )
+        _ACTIVE.reset(self.token)
+        if kind is None and not self.block.applied:
+            raise RuntimeError(
+                f"RoAE layer {self.block.adapter.layer_index}: the attention block ran without applying RoPE, so the "
+                "adapter was not used. Exclude this layer with RoSAConfig(layers=...)."
+            )
 
 
 @contextlib.contextmanager

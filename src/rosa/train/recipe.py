@@ -31,7 +31,7 @@ from rosa.architecture import block_norms, find_decoder_stack
 from rosa.config import RoSAConfig
 from rosa.data.catalog import TASKS
 from rosa.data.prompts import tokenize_for_training, train_prompt, training_lengths
-from rosa.dls.callback import DLSCallback, freeze_under_ddp_message
+from rosa.dls.callback import DLSCallback
 from rosa.errors import RoSAConfigError, RoSAError
 from rosa.loading import default_device, load_base_model, load_tokenizer, resolve_dtype, write_base_record
 from rosa.locking import directory_lock
@@ -304,8 +304,8 @@ def _train(config: ExperimentConfig, run_dir: Path, overwrite: bool, resume: boo
     device = default_device()
     dtype = resolve_dtype(config.precision, device)
     args = training_arguments(config, run_dir, dtype, device)  # joins the process group under accelerate/torchrun
-    if config.uses_dls and config.dls.mode == "freeze" and args.world_size > 1:
-        raise RoSAConfigError(freeze_under_ddp_message(args.world_size))
+    if _sharded_by_accelerate(args):
+        raise RoSAConfigError(FSDP_REFUSAL)
     base = load_base_model(config.model, precision=config.precision, device=device, trust_remote_code=config.trust_remote_code,
                            quantize=config.quantize)
     model = apply_method(base, config)
@@ -493,6 +493,19 @@ def _validation_summary(state, examples: int) -> dict[str, Any]:
     }
 
 
+FSDP_REFUSAL = (
+    "rosa train does not shard with FSDP: on a CPU accelerate's FSDP runs independent, unsharded copies of the "
+    "training, and on GPUs rosa train does not gather a sharded adapter before saving it. Launch without "
+    "--use_fsdp (data-parallel, every DLS mode works), quantise the base instead (--quantize nf4), or shard "
+    "in your own training loop with rosa.fsdp (docs/large-models.md)."
+)
+
+
+def _sharded_by_accelerate(args: TrainingArguments) -> bool:
+    """``accelerate launch --use_fsdp`` (or an FSDP config file) says so in the environment of every process."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true") or bool(args.fsdp)
+
+
 def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dtype, device: torch.device) -> TrainingArguments:
     """LLM-Adapters' Trainer settings (AdamW, linear decay after warm-up, effective batch split
     over micro-batches and processes); bf16/fp16 autocast follows the model's precision.
@@ -535,7 +548,9 @@ def training_arguments(config: ExperimentConfig, run_dir: Path, dtype: torch.dty
         data_seed=config.seed,
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
+        # DLS freeze leaves the unselected layers' adapters without a gradient, a different set at each
+        # selection: DDP must look for them every step (docs/large-models.md measures what it costs).
+        ddp_find_unused_parameters=config.uses_dls and config.dls.mode == "freeze",
         use_cpu=device.type == "cpu",
     )
 

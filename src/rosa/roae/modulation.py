@@ -1,0 +1,136 @@
+"""``Z_low + Z_low * scale`` on the low-frequency dims of rotated states, at the least memory traffic.
+
+Per generated token and layer this runs twice (q and k) on states of one token, so its cost is
+mostly per-op overhead; in training it runs on every token and its cost is memory passes. Both
+shrink when the low dims are reached as a strided *view* instead of gathered and scattered: under
+the two layouts nearly every family uses, they are equal runs at a fixed period (rotate-half: the
+last ``d_low/2`` dims of each half of the head; interleaved: the last ``d_low`` dims), and
+:class:`LowDims` addresses them as ``[..., runs, length]`` without copying. Any other set of dims
+(a permuted or partial layout) falls back to ``index_select``/``index_copy``. Either way the
+arithmetic is the same: computed in the adapter's dtype and rounded once to the states' dtype, so
+outputs and gradients are bitwise those of the plain autograd formulation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+
+class LowDims:
+    """Where the low dims of a ``dim``-wide head are, and how to read and write them."""
+
+    def __init__(self, dims: list[int], dim: int):
+        self.dim = dim
+        self.runs = _as_runs(dims, dim)
+        # The signal's last axis is unflattened to this (runs of equal length, or one axis of dims).
+        self.shape = (self.runs[2], self.runs[4]) if self.runs else (len(dims),)
+
+    def read(self, states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The low dims of ``states``: a view under a strided layout, else a gathered copy."""
+        if self.runs is None:
+            return states.index_select(-1, index)
+        period, first, count, offset, length = self.runs
+        grouped = states.unflatten(-1, (self.dim // period, period))
+        return grouped[..., first : first + count, offset : offset + length]
+
+    def write_(self, states: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``values`` (shaped like :meth:`read`'s result) into the low dims of ``states``."""
+        if self.runs is None:
+            states.index_copy_(-1, index, values)
+        else:
+            self.read(states, index).copy_(values)
+
+
+def _as_runs(dims: list[int], dim: int) -> tuple[int, int, int, int, int] | None:
+    """``(period, first, count, offset, length)`` when ``dims`` are ``count`` runs of ``length``
+    consecutive dims starting at ``offset`` in periods ``first .. first + count - 1`` of a head split
+    into ``period``-wide periods; ``None`` for any other set."""
+    runs: list[list[int]] = []
+    for d in dims:
+        if runs and d == runs[-1][-1] + 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    length = len(runs[0])
+    starts = [run[0] for run in runs]
+    period = starts[1] - starts[0] if len(runs) > 1 else dim
+    if any(len(run) != length for run in runs) or period <= 0 or dim % period:
+        return None
+    first, offset = divmod(starts[0], period)
+    if offset + length > period or starts != [starts[0] + i * period for i in range(len(runs))]:
+        return None
+    return period, first, len(runs), offset, length
+
+
+def scale_low_dims(states: torch.Tensor, scale: torch.Tensor, low: LowDims, index: torch.Tensor) -> torch.Tensor:
+    """``states`` with its low dims ``x`` replaced by ``x + x * scale`` (``scale`` shaped like
+    ``low.read(states)``). Without autograd the result is written into ``states`` itself when it is a
+    fresh tensor (what a rotary function returns), so generation copies nothing but the low dims."""
+    if torch.is_grad_enabled() and (states.requires_grad or scale.requires_grad):
+        return _ScaleLowDims.apply(states, scale, low, index)
+    out = states if _writable(states) else states.clone()
+    if low.runs is None:
+        low.write_(out, index, _scaled(low.read(out, index), scale))
+    elif out.dtype == scale.dtype:
+        view = low.read(out, index)
+        view.add_(view * scale)  # x + x * scale, as _scaled computes it, without a copy of x
+    else:
+        view = low.read(out, index)
+        x = view.to(scale.dtype)
+        view.copy_(x + x * scale)  # copy_ rounds to the states' dtype as _scaled's .to() does
+    return out
+
+
+def _writable(states: torch.Tensor) -> bool:
+    """A tensor that is no view of another (which may be read elsewhere) and no leaf autograd tracks.
+    Never while dynamo traces: its functionalisation of an in-place autograd Function loses the
+    gradient's path (torch 2.13), and inductor fuses the copy away anyway."""
+    if torch.compiler.is_compiling():
+        return False
+    return states._base is None and not (states.is_leaf and states.requires_grad)
+
+
+class _ScaleLowDims(torch.autograd.Function):
+    """:func:`scale_low_dims` under autograd, with the backward written by hand.
+
+    Autograd through ``index_select``/``index_copy`` would allocate two full-size gradients of the
+    states per call (the incoming gradient with the low dims zeroed, and the low dims scattered into
+    zeros) and sum them in a third pass; here the states' gradient is one copy of the incoming
+    gradient with its low dims rescaled, since ``d out / d low = 1 + scale`` there and 1 elsewhere.
+    The forward writes into the freshly rotated states (``mark_dirty``) instead of into a full copy,
+    and keeps only the (small) original low dims for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, states, scale, low, index):
+        in_place = _writable(states)
+        out = states if in_place else states.clone()
+        original = low.read(out, index)
+        if ctx.needs_input_grad[1] and low.runs is not None:
+            original = original.clone()  # the view is overwritten below
+        low.write_(out, index, _scaled(original, scale))
+        if in_place:
+            ctx.mark_dirty(states)
+        ctx.low = low
+        ctx.save_for_backward(original if ctx.needs_input_grad[1] else None, scale, index)
+        return out
+
+    @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
+    def backward(ctx, grad):
+        original, scale, index = ctx.saved_tensors
+        low = ctx.low
+        grad_low = low.read(grad, index)
+        grad_scale = grad_low.to(scale.dtype) * original.to(scale.dtype) if ctx.needs_input_grad[1] else None
+        grad_states = None
+        if ctx.needs_input_grad[0]:
+            grad_states = grad.clone()
+            low.write_(grad_states, index, _scaled(grad_low, scale))
+        return grad_states, grad_scale, None, None
+
+
+def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x + x * scale`` in ``scale``'s dtype, back in ``x``'s."""
+    x32 = x.to(scale.dtype)
+    return (x32 + x32 * scale).to(x.dtype)
