@@ -92,8 +92,8 @@ def freeze_runs(tmp_path_factory):
 
 def test_dls_freeze_on_two_processes_trains_like_one_process(freeze_runs):
     """rosa train asks DDP to find the parameters each selection leaves without a gradient, so freeze
-    mode runs data-parallel: the same selections as one process with the same global batch, weights equal
-    within the summation-order tolerance, and only the selected layers' adapters moved after each selection."""
+    mode runs data-parallel: the same selections as one process with the same global batch, and weights equal
+    within the summation-order tolerance."""
     single, double = freeze_runs
     one, two = (json.loads((record / "rank0.json").read_text())["history"] for record in (single, double))
     assert [(h["step"], h["selected"]) for h in one] == [(h["step"], h["selected"]) for h in two]
@@ -103,15 +103,21 @@ def test_dls_freeze_on_two_processes_trains_like_one_process(freeze_runs):
         torch.testing.assert_close(weights_two[name], tensor, rtol=1e-4, atol=1e-6)
 
 
-def test_dls_freeze_is_refused_on_several_processes_when_ddp_is_told_not_to_look_for_unused_parameters():
+@pytest.mark.parametrize("settings", [
+    {"ddp_find_unused_parameters": False},
+    {"ddp_find_unused_parameters": True, "ddp_static_graph": True},
+    {"ddp_find_unused_parameters": None, "activation_checkpointing": True},  # transformers then skips the search
+], ids=["no-search", "static-graph", "unset-with-checkpointing"])
+def test_dls_freeze_is_refused_on_several_processes_where_ddp_would_fail(settings):
     from types import SimpleNamespace
 
+    from conftest import tiny_model
     from rosa import DLSCallback, DLSConfig, RoSAError
 
     callback = DLSCallback(DLSConfig(mode="freeze"))
-    args = SimpleNamespace(world_size=2, ddp_find_unused_parameters=False)
-    with pytest.raises(RoSAError, match="needs ddp_find_unused_parameters=True"):
-        callback.on_train_begin(args, None, None, model=None, optimizer=object())
+    args = SimpleNamespace(world_size=2, **settings)
+    with pytest.raises(RoSAError, match="needs DDP to look for unused parameters"):
+        callback.on_train_begin(args, None, None, model=tiny_model("llama"), optimizer=object())
 
 
 def test_rosa_train_under_accelerates_fsdp_is_refused_before_anything_is_written(tmp_path):

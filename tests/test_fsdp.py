@@ -23,7 +23,7 @@ from test_distributed import free_port
 WORKER = str(REPO / "tests" / "fsdp_worker.py")
 
 
-def torchrun(output, *extra):
+def torchrun(output, *extra, succeeds=True):
     output.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # the free port may be taken before the rendezvous binds it
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
@@ -31,8 +31,10 @@ def torchrun(output, *extra):
         done = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD)
         if "address already in use" not in done.stderr.lower():
             break
-    assert done.returncode == 0, done.stderr[-4000:]
-    return output
+    if succeeds:
+        assert done.returncode == 0, done.stderr[-4000:]
+        return output
+    return done
 
 
 def results(output):
@@ -86,6 +88,14 @@ def test_the_sharded_adapter_loads_without_a_process_group(runs):
         with torch.no_grad():
             logits.append(model(tokens).logits)
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_failed_write_on_process_0_stops_every_process_with_the_reason(tmp_path):
+    """Without this, process 1 would wait in a barrier until the collective's timeout."""
+    done = torchrun(tmp_path / "run", "--steps", "1", "--adapter-dir", "/sys/rosa-adapter", succeeds=False)
+    assert done.returncode != 0
+    assert "process 0 failed to write" in done.stderr  # process 1's error
+    assert not (tmp_path / "run" / "adapter").exists()
 
 
 def test_sharding_needs_a_process_group():

@@ -27,21 +27,26 @@ def rosa_modulation(states, scale, low_dims):
     return scale_low_dims(states, scale.unflatten(-1, low.shape), low, low_dims)
 
 
-def modulation_results(function, states, scale, low_dims, grad, fresh=False):
+ROTATED = {  # what a rotary function may hand RoAE: a fresh tensor is modulated in place, the others copied first
+    "leaf": lambda states: states,
+    "view": lambda states: (states * 1)[:, :],
+    "fresh": lambda states: states * 1,
+}
+
+
+def modulation_results(function, states, scale, low_dims, grad, rotated="leaf"):
     states, scale = states.detach().requires_grad_(), scale.detach().requires_grad_()
-    # A fresh non-leaf (what RoPE returns) is modulated in place; a view is copied first.
-    rotated = states * 1 if fresh else states
-    out = function(rotated, scale, low_dims)
+    out = function(ROTATED[rotated](states), scale, low_dims)
     out.backward(grad)
     return out.flatten(), states.grad, scale.grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("fresh", [False, True], ids=["view", "fresh"])
+@pytest.mark.parametrize("rotated", list(ROTATED))
 @pytest.mark.parametrize(
     "low_dims", [[6, 7, 14, 15], [12, 13, 14, 15], [0, 2, 3, 8, 10, 11]], ids=["rotate-half", "interleaved", "scattered"]
 )
-def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, fresh, low_dims):
+def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, rotated, low_dims):
     generator = torch.Generator().manual_seed(0)
     # [batch, heads, seq, dim] as a transposed view, which is how q and k leave RoPE.
     states = torch.randn(2, 5, 3, 16, generator=generator).to(dtype).transpose(1, 2)
@@ -49,7 +54,7 @@ def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, fresh, low_
     grad = torch.randn(2, 3, 5, 16, generator=generator).to(dtype)
     index = torch.tensor(low_dims)
     expected = modulation_results(plain_modulation, states, scale, index, grad)
-    actual = modulation_results(rosa_modulation, states, scale, index, grad, fresh)
+    actual = modulation_results(rosa_modulation, states, scale, index, grad, rotated)
     for name, a, e in zip(("output", "states grad", "scale grad"), actual, expected):
         assert torch.equal(a, e), name
 

@@ -10,7 +10,7 @@ Sharding changes three things for a PEFT adapter, and this module is the answer 
   gathers the adapter's full tensors (only the adapter's, never the frozen base) and process 0 writes the
   usual PEFT directory, loadable without any process group.
 - :func:`save_checkpoint` / :func:`load_checkpoint` resume a run: full adapter tensors and full optimizer
-  state in safetensors, the step and the DLS selector's state in JSON; no pickle. Written by process 0 as
+  state in safetensors, the step and the DLS selector's and scheduler's state in JSON; no pickle. Written by process 0 as
   one directory that appears whole or not at all; read back on every process, which needs the
   directory on a filesystem every process sees.
 
@@ -23,6 +23,7 @@ runs through ``torchrun`` with the gloo backend, which is how the tests exercise
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,44 +68,57 @@ def shard_model(model: nn.Module, **fully_shard_options: Any) -> nn.Module:
     return model
 
 
-def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: nn.Module, adapter_name: str = "default", save_embedding_layers: str | bool = "auto") -> dict[str, torch.Tensor]:
     """The adapter's tensors, full size, on every process, keyed by ``model.state_dict()``'s names.
 
-    Which tensors belong to the adapter is PEFT's own choice (``get_peft_model_state_dict``), so it is
-    what ``save_pretrained`` would save; only those are gathered.
+    Which tensors belong to the adapter is PEFT's own choice (``get_peft_model_state_dict``, with
+    ``save_embedding_layers`` as ``save_pretrained`` takes it), so it is what ``save_pretrained`` would
+    save; only those are gathered. Process 0 chooses and tells the others, so every process gathers the
+    same tensors in the same order even where PEFT's choice could differ between them.
     """
     state = model.state_dict()
-    return {name: _full(state[name]) for name in _adapter_names(model, state, adapter_name)}
+    names = [_adapter_names(model, state, adapter_name, save_embedding_layers) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(names, src=0)
+    return {name: _full(state[name]) for name in names[0]}
 
 
-def _adapter_names(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str = "default") -> list[str]:
+def _adapter_names(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str,
+                   save_embedding_layers: str | bool = "auto") -> list[str]:
     """The names in ``state`` (``model.state_dict()``) of the tensors PEFT saves for the adapter; PEFT
     renames them, so they are found by identity."""
-    chosen = {id(tensor) for tensor in get_peft_model_state_dict(model, state_dict=state, adapter_name=adapter_name).values()}
-    return [name for name, tensor in state.items() if id(tensor) in chosen]
+    chosen = get_peft_model_state_dict(model, state_dict=state, adapter_name=adapter_name,
+                                       save_embedding_layers=save_embedding_layers)
+    ids = {id(tensor) for tensor in chosen.values()}
+    names = [name for name, tensor in state.items() if id(tensor) in ids]
+    if len(names) != len(chosen):
+        raise RoSAError(f"could not match {len(chosen) - len(names)} of the adapter's {len(chosen)} tensors to the model's "
+                        f"state dict (this peft release copies them); rosa.fsdp supports the peft releases rosa is tested with.")
+    return names
 
 
 def save_pretrained(model: nn.Module, save_directory: str | Path, adapter_name: str = "default", **kwargs: Any) -> None:
     """``model.save_pretrained(save_directory)`` for a sharded PEFT model (RoSA, LoRA, ...).
 
     Every process gathers; process 0 writes the ordinary adapter directory (``adapter_config.json`` and
-    ``adapter_model.safetensors``); the others wait until it is written.
+    ``adapter_model.safetensors``); the others wait until it is written, and raise if it failed.
     """
     _require_process_group()
-    state = adapter_state_dict(model, adapter_name)
-    if dist.get_rank() == 0:
-        model.save_pretrained(str(save_directory), state_dict=state, selected_adapters=[adapter_name], **kwargs)
-    dist.barrier()
+    state = adapter_state_dict(model, adapter_name, kwargs.get("save_embedding_layers", "auto"))
+    _written_by_main_process(lambda: model.save_pretrained(str(save_directory), state_dict=state,
+                                                           selected_adapters=[adapter_name], **kwargs))
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int,
-                    selector: DynamicLayerSelector | None = None) -> None:
-    """Everything :func:`load_checkpoint` needs to continue after ``step`` optimizer steps exactly as an
-    uninterrupted run would. An existing ``directory`` is replaced only once the new one is complete."""
+                    selector: DynamicLayerSelector | None = None, scheduler: Any = None, adapter_name: str = "default") -> None:
+    """What :func:`load_checkpoint` needs to continue after ``step`` optimizer steps: the adapter, the
+    optimizer's state, the DLS selector's and the learning-rate scheduler's. The data order and any
+    random state of your loop are yours to restore. An existing ``directory`` is replaced only once the
+    new one is complete."""
     _require_process_group()
-    adapter = adapter_state_dict(model)
+    adapter = adapter_state_dict(model, adapter_name)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if dist.get_rank() == 0:
+
+    def write() -> None:
         tensors, scalars = _flatten_optimizer_state(optimizer_state["state"])
         with staged_directory(Path(directory)) as staged:
             save_file({name: tensor.detach().cpu().contiguous() for name, tensor in adapter.items()}, staged / ADAPTER_FILE)
@@ -115,14 +129,16 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
                 "optimizer_scalars": scalars,
                 "param_groups": optimizer_state["param_groups"],
                 "dls": selector.state_dict() if selector is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
             })
-    dist.barrier()
+
+    _written_by_main_process(write)
 
 
 def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    selector: DynamicLayerSelector | None = None) -> int:
-    """Restore what :func:`save_checkpoint` wrote into the sharded ``model``, ``optimizer`` and
-    ``selector``; returns the step to continue from. The number of processes may differ from the run
+                    selector: DynamicLayerSelector | None = None, scheduler: Any = None, adapter_name: str = "default") -> int:
+    """Restore what :func:`save_checkpoint` wrote into the sharded ``model``, ``optimizer``,
+    ``selector`` and ``scheduler``; returns the step to continue from. The number of processes may differ from the run
     that wrote it (the tensors are stored full size)."""
     _require_process_group()
     directory = Path(directory)
@@ -131,11 +147,11 @@ def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
         raise RoSAError(f"{directory} is not a rosa FSDP checkpoint: {', '.join(missing)} missing. "
                         "Pass a directory written by rosa.fsdp.save_checkpoint.")
     state = read_json_object(directory / STATE_FILE)
-    if (state["dls"] is None) != (selector is None):
-        raise RoSAError(f"{directory} was saved {'without' if state['dls'] is None else 'with'} a DLS selector; "
-                        "resume with the same setup.")
+    for what, saved, given in (("a DLS selector", state["dls"], selector), ("a learning-rate scheduler", state.get("scheduler"), scheduler)):
+        if (saved is None) != (given is None):
+            raise RoSAError(f"{directory} was saved {'without' if saved is None else 'with'} {what}; resume with the same setup.")
     adapter = load_file(directory / ADAPTER_FILE)
-    expected = set(_adapter_names(model, model.state_dict()))
+    expected = set(_adapter_names(model, model.state_dict(), adapter_name))
     if set(adapter) != expected:
         raise RoSAError(f"{directory} holds another adapter than this model's ({len(adapter)} tensors saved, "
                         f"{len(expected)} in the model, {len(set(adapter) ^ expected)} names differ); resume with the same model and config.")
@@ -146,7 +162,26 @@ def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
     if selector is not None:
         selector.load_state_dict(state["dls"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
     return int(state["step"])
+
+
+def _written_by_main_process(write: Callable[[], None]) -> None:
+    """Run ``write`` on process 0 only. The others wait for it and raise too if it failed, instead of
+    waiting in a barrier until the collective's timeout (or forever, outside torchrun)."""
+    failure: list[str | None] = [None]
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            write()
+        except Exception as err:  # re-raised below, on every process
+            error, failure[0] = err, f"{type(err).__name__}: {err}"
+    dist.broadcast_object_list(failure, src=0)
+    if error is not None:
+        raise error
+    if failure[0] is not None:
+        raise RoSAError(f"process 0 failed to write: {failure[0]}")
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rosa.config import DLSConfig
@@ -18,11 +18,31 @@ STATE_NAME = "dls_state.json"
 
 def freeze_under_ddp_message(processes: int) -> str:
     return (
-        f"DLS mode 'freeze' on {processes} processes needs ddp_find_unused_parameters=True in the "
-        "TrainingArguments: freeze leaves the unselected layers' adapter parameters without a gradient, and "
-        "DDP fails with 'Expected to have finished reduction in the prior iteration' unless it looks for "
-        "such parameters every step. Set it (rosa train does), or use dls.mode=skip."
+        f"DLS mode 'freeze' on {processes} processes needs DDP to look for unused parameters: freeze leaves the "
+        "unselected layers' adapter parameters without a gradient, and DDP fails with 'Expected to have finished "
+        "reduction in the prior iteration' otherwise. Set ddp_find_unused_parameters=True and leave "
+        "ddp_static_graph off in the TrainingArguments (rosa train does), or use dls.mode=skip."
     )
+
+
+def ddp_would_fail_under_freeze(args, model) -> bool:
+    """Whether the DDP the Trainer builds cannot take freeze's changing set of parameters without a
+    gradient: a static graph, or no search for unused parameters (which transformers, left unset, skips
+    only for a plain ``PreTrainedModel`` under activation checkpointing)."""
+    if getattr(args, "ddp_static_graph", False):
+        return True
+    if args.ddp_find_unused_parameters is not None:
+        return not args.ddp_find_unused_parameters
+    if not isinstance(model, PreTrainedModel):
+        return False
+    # transformers 5.x renamed gradient to activation checkpointing; the old names remain on older releases
+    model_checkpoints = getattr(model, "is_activation_checkpointing", None)
+    if model_checkpoints is None:
+        model_checkpoints = getattr(model, "is_gradient_checkpointing", False)
+    args_checkpoint = getattr(args, "activation_checkpointing", None)
+    if args_checkpoint is None:
+        args_checkpoint = getattr(args, "gradient_checkpointing", False)
+    return bool(model_checkpoints or args_checkpoint)
 
 
 class DLSCallback(TrainerCallback):
@@ -48,8 +68,7 @@ class DLSCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if optimizer is None:
             raise RoSAError("DLSCallback needs the Trainer's optimizer at train begin; use a transformers.Trainer.")
-        # Left unset, transformers asks DDP to find them for a PeftModel; only an explicit False fails.
-        if args.world_size > 1 and self.config.mode == "freeze" and args.ddp_find_unused_parameters is False:
+        if args.world_size > 1 and self.config.mode == "freeze" and ddp_would_fail_under_freeze(args, model):
             raise RoSAError(freeze_under_ddp_message(args.world_size))
         self.selector = DynamicLayerSelector(model, self.config)
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}

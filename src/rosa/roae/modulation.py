@@ -84,10 +84,14 @@ def scale_low_dims(states: torch.Tensor, scale: torch.Tensor, low: LowDims, inde
 
 def _writable(states: torch.Tensor) -> bool:
     """A tensor that is no view of another (which may be read elsewhere) and no leaf autograd tracks.
-    Never while dynamo traces: its functionalisation of an in-place autograd Function loses the
-    gradient's path (torch 2.13), and inductor fuses the copy away anyway."""
+
+    Under ``torch.inference_mode`` views do not record their base, so there only a tensor that spans its
+    whole storage counts. Never while dynamo traces: its functionalisation of an in-place autograd
+    Function loses the gradient's path (torch 2.13), and inductor fuses the copy away anyway."""
     if torch.compiler.is_compiling():
         return False
+    if states.is_inference():
+        return states.untyped_storage().nbytes() == states.numel() * states.element_size()
     return states._base is None and not (states.is_leaf and states.requires_grad)
 
 
