@@ -77,9 +77,8 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = "default", save_emb
     same tensors in the same order even where PEFT's choice could differ between them.
     """
     state = model.state_dict()
-    names = [_adapter_names(model, state, adapter_name, save_embedding_layers) if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(names, src=0)
-    return {name: _full(state[name]) for name in names[0]}
+    names = _on_main_process(lambda: _adapter_names(model, state, adapter_name, save_embedding_layers), "choose the adapter's tensors")
+    return {name: _full(state[name]) for name in names}
 
 
 def _adapter_names(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str,
@@ -104,8 +103,8 @@ def save_pretrained(model: nn.Module, save_directory: str | Path, adapter_name: 
     """
     _require_process_group()
     state = adapter_state_dict(model, adapter_name, kwargs.get("save_embedding_layers", "auto"))
-    _written_by_main_process(lambda: model.save_pretrained(str(save_directory), state_dict=state,
-                                                           selected_adapters=[adapter_name], **kwargs))
+    _on_main_process(lambda: model.save_pretrained(str(save_directory), state_dict=state, selected_adapters=[adapter_name],
+                                                   **kwargs), "write")
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int,
@@ -132,7 +131,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
             })
 
-    _written_by_main_process(write)
+    _on_main_process(write, "write")
 
 
 def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -167,21 +166,24 @@ def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
     return int(state["step"])
 
 
-def _written_by_main_process(write: Callable[[], None]) -> None:
-    """Run ``write`` on process 0 only. The others wait for it and raise too if it failed, instead of
-    waiting in a barrier until the collective's timeout (or forever, outside torchrun)."""
-    failure: list[str | None] = [None]
+def _on_main_process(work: Callable[[], Any], what: str) -> Any:
+    """``work()`` run by process 0 only, its result handed to every process. If it raised, every process
+    raises with the reason, instead of the others waiting in the next collective until its timeout (or
+    forever, outside torchrun)."""
+    outcome: list[Any] = [None]
     error = None
     if dist.get_rank() == 0:
         try:
-            write()
+            outcome[0] = (True, work())
         except Exception as err:  # re-raised below, on every process
-            error, failure[0] = err, f"{type(err).__name__}: {err}"
-    dist.broadcast_object_list(failure, src=0)
+            error, outcome[0] = err, (False, f"{type(err).__name__}: {err}")
+    dist.broadcast_object_list(outcome, src=0)
     if error is not None:
         raise error
-    if failure[0] is not None:
-        raise RoSAError(f"process 0 failed to write: {failure[0]}")
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise RoSAError(f"process 0 failed to {what}: {value}")
+    return value
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
