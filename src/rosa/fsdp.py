@@ -22,7 +22,6 @@ runs through ``torchrun`` with the gloo backend, which is how the tests exercise
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,7 +149,8 @@ def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
         if (saved is None) != (given is None):
             raise RoSAError(f"{directory} was saved {'without' if saved is None else 'with'} {what}; resume with the same setup.")
     adapter = load_file(directory / ADAPTER_FILE)
-    expected = set(_adapter_names(model, model.state_dict(), adapter_name))
+    state_dict = model.state_dict()
+    expected = set(_on_main_process(lambda: _adapter_names(model, state_dict, adapter_name), "choose the adapter's tensors"))
     if set(adapter) != expected:
         raise RoSAError(f"{directory} holds another adapter than this model's ({len(adapter)} tensors saved, "
                         f"{len(expected)} in the model, {len(set(adapter) ^ expected)} names differ); resume with the same model and config.")
@@ -201,7 +201,7 @@ def _flatten_optimizer_state(state: dict[str, dict[str, Any]]) -> tuple[dict[str
                 tensors[key] = _full(value).detach().cpu().contiguous()
             else:
                 scalars[key] = value
-    return tensors, json.loads(json.dumps(scalars))
+    return tensors, scalars
 
 
 def _unflatten_optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> dict[str, dict[str, Any]]:

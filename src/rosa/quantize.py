@@ -99,4 +99,3 @@ def release_freed_memory(device: torch.device) -> None:
     if trim is not None:
         gc.collect()
         trim(0)
-

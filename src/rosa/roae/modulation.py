@@ -70,15 +70,11 @@ def scale_low_dims(states: torch.Tensor, scale: torch.Tensor, low: LowDims, inde
     if torch.is_grad_enabled() and (states.requires_grad or scale.requires_grad):
         return _ScaleLowDims.apply(states, scale, low, index)
     out = states if _writable(states) else states.clone()
-    if low.runs is None:
-        low.write_(out, index, _scaled(low.read(out, index), scale))
-    elif out.dtype == scale.dtype:
+    if low.runs is not None and out.dtype == scale.dtype:
         view = low.read(out, index)
         view.add_(view * scale)  # x + x * scale, as _scaled computes it, without a copy of x
     else:
-        view = low.read(out, index)
-        x = view.to(scale.dtype)
-        view.copy_(x + x * scale)  # copy_ rounds to the states' dtype as _scaled's .to() does
+        low.write_(out, index, _scaled(low.read(out, index), scale))
     return out
 
 
