@@ -88,9 +88,9 @@ def release_freed_memory(device: torch.device) -> None:
 
     Quantising on load reads each full-precision weight and frees it again, but glibc's allocator keeps
     freed heap memory for the process: measured on SmolLM2-135M with optimum-quanto int8, the process held
-    1,684 MiB after loading, 914 MiB once trimmed (the fp32 base loads in 411 MiB), and the held memory
-    stayed in every later peak. ``malloc_trim`` returns it; elsewhere (no glibc, or a GPU, where the
-    weights live in device memory) this does nothing.
+    about 1,680 MiB after loading and 506-936 MiB once trimmed (the fp32 base loads in 411 MiB).
+    ``malloc_trim`` returns it; elsewhere (no glibc, or a GPU, where the weights live in device memory)
+    this does nothing.
     """
     if device.type != "cpu":
         return
