@@ -2,7 +2,8 @@
 unmerged and merged at RoSA's parameter budget, measured side by side in one process.
 
     python benchmarks/generation.py [--model GGUF_OR_DIR] [--dtype fp32|bf16] [--batch-sizes 1,8]
-                                    [--decodings greedy,beam4] [--new-tokens 32] [--rounds 4] [--json out.json]
+                                    [--decodings greedy,beam4] [--new-tokens 32] [--rounds 4] [--compile [BACKEND]]
+                                    [--json out.json]
 
 RoSA and unmerged LoRA run on the base's own weight tensors (RoSA wraps the attention blocks, unmerged
 LoRA wraps the projections); merged LoRA is a second copy with the update folded in, so its ratio also
@@ -13,6 +14,13 @@ time is what a busy neighbour disturbs least. Prefill is one forward pass over t
 decode is ``generate`` starting from that prefill's KV cache (as ``rosa eval`` runs it), so the two
 are reported separately. Adapters carry random non-zero weights, and each variant's generated tokens
 are printed as a check that the adapters act.
+
+``--compile`` times every variant as transformers runs a compiled model: a static cache, and the forward
+compiled by transformers itself (inductor, ``fullgraph=True``, static shapes; transformers does this on
+GPUs by default and is made to here). It covers greedy decoding only, since transformers' beam search
+does not use the compiled forward; prefill is a generate of one token (an uncompiled forward, as
+transformers runs it), decode the rest of a full generate. The first round of each variant and shape
+compiles and is left out.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import statistics
 import time
 
 import torch
+from transformers import CompileConfig, GenerationConfig
 
 from rosa import RoSAConfig, get_rosa_model
 from rosa.eval.generation import _prefill, generation_config
@@ -88,6 +97,26 @@ def measure(model, batch, config) -> dict:
     return {"prefill": (prefill_wall, prefill_cpu), "decode": (decode_wall, decode_cpu), "tokens": sequences[:, batch["input_ids"].shape[1]:].tolist()}
 
 
+@torch.no_grad()
+def measure_compiled(model, batch, config) -> dict:
+    """As transformers generates with a static cache and its compiled forward: prefill is a generate of
+    one token, decode what a full generate takes beyond that."""
+    first = GenerationConfig(**{**config.to_diff_dict(), "max_new_tokens": 1, "min_new_tokens": 1})
+    first.compile_config = config.compile_config
+    prefill_wall, prefill_cpu, _ = timed(lambda: model.generate(**batch, generation_config=first))
+    total_wall, total_cpu, sequences = timed(lambda: model.generate(**batch, generation_config=config))
+    return {"prefill": (prefill_wall, prefill_cpu), "decode": (total_wall - prefill_wall, total_cpu - prefill_cpu),
+            "tokens": sequences[:, batch["input_ids"].shape[1]:].tolist()}
+
+
+def compiled(config: GenerationConfig, backend: str) -> GenerationConfig:
+    """``config`` with a static cache and transformers' compiled forward, forced on a CPU too."""
+    config.cache_implementation = "static"
+    config.compile_config = CompileConfig(fullgraph=True, dynamic=False, backend=backend, mode="default" if backend == "inductor" else None)
+    config.compile_config._compile_all_devices = True  # transformers compiles on accelerators only otherwise
+    return config
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="../shared/models/SmolLM2-135M-Instruct-GGUF")
@@ -96,8 +125,13 @@ def main(argv=None) -> None:
     parser.add_argument("--decodings", default="greedy,beam4")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="a static cache and transformers' compiled forward, greedy only (backend: inductor)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if args.compile and args.decodings != "greedy":
+        parser.error("--compile times greedy decoding only (transformers' beam search does not use the compiled "
+                     "forward): pass --decodings greedy")
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(args.model)
@@ -105,28 +139,33 @@ def main(argv=None) -> None:
     rosa_params = get_rosa_model(copy.deepcopy(base), RoSAConfig(targets=("q", "k"))).get_nb_trainable_parameters()[0]
     rank = lora_rank_matching(base, rosa_params)
     models = variants(base, rank)
-    results = []
+    results, changed = [], []
     for batch_size in map(int, args.batch_sizes.split(",")):
         batch = tokenizer([PROMPT] * batch_size, return_tensors="pt", padding=True, padding_side="left")
         for decoding in args.decodings.split(","):
             config = generation_config(decoding, args.new_tokens, tokenizer)
             config.min_new_tokens = args.new_tokens  # every variant decodes the same number of tokens
+            run = measure
+            if args.compile:
+                config, run = compiled(config, args.compile), measure_compiled
             for model in models.values():
-                measure(model, batch, config)  # warm-up
+                run(model, batch, config)  # warm-up (and compilation)
             samples = {name: [] for name in models}
             for _ in range(args.rounds):
                 for name, model in models.items():
-                    samples[name].append(measure(model, batch, config))
+                    samples[name].append(run(model, batch, config))
             for phase in ("prefill", "decode"):
                 for clock, index in (("wall", 0), ("cpu", 1)):
                     medians = {name: statistics.median(s[phase][index] for s in runs) for name, runs in samples.items()}
                     results.append({"batch_size": batch_size, "decoding": decoding, "phase": phase, "clock": clock,
                                     "seconds": medians, "ratio_to_base": {n: medians[n] / medians["base"] for n in medians}})
             acts = {name: runs[0]["tokens"] != samples["base"][0]["tokens"] for name, runs in samples.items() if name != "base"}
+            changed.append({"batch_size": batch_size, "decoding": decoding, "tokens_differ_from_base": acts})
             print(f"batch {batch_size}, {decoding}: generated tokens differ from the base's: {acts}", flush=True)
 
-    print(f"\nmodel {args.model} ({args.dtype}); RoSA q,k on every layer: {rosa_params:,d} parameters; LoRA r={rank} on "
-          f"q,k,v,up,down; {args.new_tokens} new tokens; median of {args.rounds} interleaved rounds")
+    print(f"\nmodel {args.model} ({args.dtype}{f', compiled ({args.compile}), static cache' if args.compile else ''}); RoSA q,k on every "
+          f"layer: {rosa_params:,d} parameters; LoRA r={rank} on q,k,v,up,down; {args.new_tokens} new tokens; median of "
+          f"{args.rounds} interleaved rounds")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
     print(f"{'batch':>5} {'decoding':>8} {'phase':>7} {'clock':>5} {'base s':>8} {'rosa':>7} {'lora':>7} {'merged':>7}")
@@ -136,7 +175,8 @@ def main(argv=None) -> None:
               f"{r['rosa']:>6.3f}x {r['lora']:>6.3f}x {r['lora-merged']:>6.3f}x")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"args": vars(args), "rosa_params": rosa_params, "lora_rank": rank, "results": results}, handle, indent=2)
+            json.dump({"args": vars(args), "rosa_params": rosa_params, "lora_rank": rank, "results": results,
+                       "adapters_act": changed}, handle, indent=2)
 
 
 if __name__ == "__main__":

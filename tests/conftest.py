@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,19 @@ def stop_training_after(monkeypatch, step: int, message: str = "killed") -> None
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(RoSATrainer, "training_step", stopped)
+
+
+def load_script(path: str):
+    """The repository's script at ``path`` (``scripts/rope_coverage.py``) as a module: scripts, benchmarks
+    and studies are not a package. Registered in ``sys.modules`` under its stem, where dataclasses look
+    their module up."""
+    name = Path(path).stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def require(path: Path) -> Path:

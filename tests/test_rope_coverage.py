@@ -4,17 +4,11 @@ cached = uncached generation), or is refused before any work with the true reaso
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
-from conftest import REPO
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("rope_coverage", REPO / "scripts" / "rope_coverage.py")
-rope_coverage = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = rope_coverage
-spec.loader.exec_module(rope_coverage)
+rope_coverage = load_script("scripts/rope_coverage.py")
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0, "low_freq_factor": 1.0,
           "high_freq_factor": 4.0, "original_max_position_embeddings": 32}

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from conftest import REPO, load_script
 
-from conftest import REPO
-
-spec = importlib.util.spec_from_file_location("smollm2_study", REPO / "studies" / "smollm2_study.py")
-study = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = study  # its dataclasses look their module up
-spec.loader.exec_module(study)
+study = load_script("studies/smollm2_study.py")
 
 
 def paired_tests(*deltas_and_flags):

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("train_step", REPO / "benchmarks" / "train_step.py")
-train_step = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = train_step  # dataclasses look their module up there
-spec.loader.exec_module(train_step)
+train_step = load_script("benchmarks/train_step.py")
 
 TINY = ["--model", "tiny", "--batch-size", "1", "--seq-len", "8", "--steps", "2", "--warmup-steps", "1"]
 

@@ -81,7 +81,7 @@ class RoSALayer(nn.Module, BaseTunerLayer):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         if not isinstance(hidden, torch.Tensor):
             raise RuntimeError("RoAE could not find the attention block's hidden_states input.")
-        with rotary_hook.publishing(adapter, adapter.adapter_input(hidden)):
+        with rotary_hook.publishing(adapter, hidden):
             return self.base_layer(*args, **kwargs)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:

@@ -49,39 +49,40 @@ class RoAE(nn.Module):
             A.uniform_(-1.0 / math.sqrt(d_model), 1.0 / math.sqrt(d_model), generator=generator)
             self.register_parameter(f"{target}_A", nn.Parameter(A.to(dtype)))
             self.register_parameter(f"{target}_B", nn.Parameter(torch.zeros(n * self.d_low, rank, dtype=dtype)))
+        self._weight_names = [(f"{target}_A", f"{target}_B") for target in heads]
         self.register_buffer("low_dims", torch.tensor(low_dims, dtype=torch.long), persistent=False)
         self.low = LowDims(low_dims, dim)
         # Saved with the weights: the rotary frequencies of the adapted dims, so weights loaded into an
         # existing adapter (which PEFT does without reading their config) are checked against this base.
         self.register_buffer("low_frequencies", torch.tensor(low_frequencies, dtype=torch.float32))
 
-    def adapter_input(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden`` in the adapter's dtype, cast once for all targets: under a bf16 base, q and k would
-        otherwise each keep an fp32 copy of it for the backward pass (one hidden state per token and layer)."""
-        dtype = getattr(self, f"{next(iter(self.heads))}_A").dtype
-        return hidden if hidden.dtype == dtype else hidden.to(dtype)
+    def modulate(
+        self, q: torch.Tensor, k: torch.Tensor, hidden: torch.Tensor, heads_axis: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Z_low + Z_low * (alpha * S)`` on the low-frequency dims of each target; all other dims untouched.
 
-    def signal(self, target: str, hidden: torch.Tensor) -> torch.Tensor:
-        """``S = SiLU(B(A H))``; ``B`` starts at zero so ``S = 0`` and the base model is unchanged."""
-        A, B = getattr(self, f"{target}_A"), getattr(self, f"{target}_B")
-        return F.silu(F.linear(F.linear(hidden if hidden.dtype == A.dtype else hidden.to(A.dtype), A), B))
-
-    def modulate(self, target: str, states: torch.Tensor, hidden: torch.Tensor, heads_axis: int) -> torch.Tensor:
-        """``Z_low + Z_low * (alpha * S)`` on the low-frequency dims; all other dims untouched.
-
-        ``states`` is ``[batch, heads, seq, dim]`` (``heads_axis=1``) or ``[batch, seq, heads, dim]``
-        (``heads_axis=2``), already rotated. The product is computed in the adapter's dtype (fp32 by
-        default) and cast back, so a bf16/fp16 base keeps full-precision adapter math.
+        ``q`` and ``k`` are ``[batch, heads, seq, dim]`` (``heads_axis=1``) or ``[batch, seq, heads, dim]``
+        (``heads_axis=2``), already rotated; ``hidden`` is the block's ``[batch, seq, d_model]`` input.
+        ``S = SiLU(B(A H))``, and ``B`` starts at zero so ``S = 0`` and the base model is unchanged. The
+        adapter math runs in the adapter's dtype (fp32 by default) and the result is cast back, so a
+        bf16/fp16 base keeps full-precision adapter math; ``hidden`` is cast once for both targets, so
+        under a bf16 base the backward keeps one fp32 copy of it per layer, not two. Both targets in one
+        call: at decode this runs once per token and layer, where every Python call shows.
         """
-        n_heads = self.heads[target]
-        if states.shape[heads_axis] != n_heads or states.shape[-1] != self.dim:
-            raise RuntimeError(
-                f"RoAE layer {self.layer_index}: expected {n_heads} '{target}' heads of {self.dim} dims on axis "
-                f"{heads_axis}, got states of shape {tuple(states.shape)}; rebuild the RoSA model after "
-                "changing the base model's config."
-            )
-        signal = self.signal(target, hidden).unflatten(-1, (n_heads, *self.low.shape))  # [b, s, h, *low]
-        if heads_axis == 1:
-            signal = signal.transpose(1, 2)
-        scale = signal if self.alpha == 1.0 else self.alpha * signal  # x * 1.0 == x: the same bits, one kernel less
-        return scale_low_dims(states, scale, self.low, self.low_dims)
+        parameters = self._parameters
+        dtype = parameters[self._weight_names[0][0]].dtype
+        if hidden.dtype != dtype:
+            hidden = hidden.to(dtype)
+        states = {"q": q, "k": k}
+        for (A, B), (target, n_heads) in zip(self._weight_names, self.heads.items()):
+            rotated = states[target]
+            if rotated.shape[heads_axis] != n_heads or rotated.shape[-1] != self.dim:
+                raise RuntimeError(
+                    f"RoAE layer {self.layer_index}: expected {n_heads} '{target}' heads of {self.dim} dims on axis "
+                    f"{heads_axis}, got states of shape {tuple(rotated.shape)}; rebuild the RoSA model after "
+                    "changing the base model's config."
+                )
+            signal = F.silu(F.linear(F.linear(hidden, parameters[A]), parameters[B])).unflatten(-1, (n_heads, *self.low.shape))
+            scale = signal if self.alpha == 1.0 else self.alpha * signal  # x * 1.0 == x: the same bits, one kernel less
+            states[target] = scale_low_dims(rotated, scale, self.low, self.low_dims, heads_axis)
+        return states["q"], states["k"]

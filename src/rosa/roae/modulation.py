@@ -5,7 +5,9 @@ mostly per-op overhead; in training it runs on every token and its cost is memor
 shrink when the low dims are reached as a strided *view* instead of gathered and scattered: under
 the two layouts nearly every family uses, they are equal runs at a fixed period (rotate-half: the
 last ``d_low/2`` dims of each half of the head; interleaved: the last ``d_low`` dims), and
-:class:`LowDims` addresses them as ``[..., runs, length]`` without copying. Any other set of dims
+:class:`LowDims` addresses them with one ``as_strided`` as ``[batch, seq, heads, runs, length]``, the
+layout the signal has when computed from the ``[batch, seq, hidden]`` input, so neither needs a
+transpose or a copy. Any other set of dims
 (a permuted or partial layout) falls back to ``index_select``/``index_copy``. Either way the
 arithmetic is the same: computed in the adapter's dtype and rounded once to the states' dtype, so
 outputs and gradients are bitwise those of the plain autograd formulation.
@@ -26,20 +28,34 @@ class LowDims:
         # The signal's last axis is unflattened to this (runs of equal length, or one axis of dims).
         self.shape = (self.runs[2], self.runs[4]) if self.runs else (len(dims),)
 
-    def read(self, states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The low dims of ``states``: a view under a strided layout, else a gathered copy."""
+    def read(self, states: torch.Tensor, index: torch.Tensor, heads_axis: int) -> torch.Tensor:
+        """The low dims of ``states`` (``[batch, heads, seq, dim]`` when ``heads_axis`` is 1, ``[batch, seq,
+        heads, dim]`` when 2) as ``[batch, seq, heads, *shape]``, the layout of the signal computed from the
+        ``[batch, seq, hidden]`` input: one strided view under a regular layout, else a gathered copy."""
         if self.runs is None:
-            return states.index_select(-1, index)
+            return _seq_major(states, heads_axis).index_select(-1, index)
         period, first, count, offset, length = self.runs
-        grouped = states.unflatten(-1, (self.dim // period, period))
-        return grouped[..., first : first + count, offset : offset + length]
+        if torch.compiler.is_compiling():  # as_strided would bake the traced strides into the graph
+            grouped = _seq_major(states, heads_axis).unflatten(-1, (self.dim // period, period))
+            return grouped[..., first : first + count, offset : offset + length]
+        batch, seq, heads = states.shape[0], states.shape[3 - heads_axis], states.shape[heads_axis]
+        step = states.stride(-1)
+        return states.as_strided(
+            (batch, seq, heads, count, length),
+            (states.stride(0), states.stride(3 - heads_axis), states.stride(heads_axis), period * step, step),
+            states.storage_offset() + (first * period + offset) * step,
+        )
 
-    def write_(self, states: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    def write_(self, states: torch.Tensor, index: torch.Tensor, values: torch.Tensor, heads_axis: int) -> None:
         """Write ``values`` (shaped like :meth:`read`'s result) into the low dims of ``states``."""
         if self.runs is None:
-            states.index_copy_(-1, index, values)
+            _seq_major(states, heads_axis).index_copy_(-1, index, values)
         else:
-            self.read(states, index).copy_(values)
+            self.read(states, index, heads_axis).copy_(values)
+
+
+def _seq_major(states: torch.Tensor, heads_axis: int) -> torch.Tensor:
+    return states.transpose(1, 2) if heads_axis == 1 else states
 
 
 def _as_runs(dims: list[int], dim: int) -> tuple[int, int, int, int, int] | None:
@@ -63,18 +79,22 @@ def _as_runs(dims: list[int], dim: int) -> tuple[int, int, int, int, int] | None
     return period, first, len(runs), offset, length
 
 
-def scale_low_dims(states: torch.Tensor, scale: torch.Tensor, low: LowDims, index: torch.Tensor) -> torch.Tensor:
+def scale_low_dims(
+    states: torch.Tensor, scale: torch.Tensor, low: LowDims, index: torch.Tensor, heads_axis: int
+) -> torch.Tensor:
     """``states`` with its low dims ``x`` replaced by ``x + x * scale`` (``scale`` shaped like
-    ``low.read(states)``). Without autograd the result is written into ``states`` itself when it is a
-    fresh tensor (what a rotary function returns), so generation copies nothing but the low dims."""
+    ``low.read(states, index, heads_axis)``). Without autograd the result is written into ``states`` itself
+    when it is a fresh tensor (what a rotary function returns), so generation copies nothing but the low dims."""
     if torch.is_grad_enabled() and (states.requires_grad or scale.requires_grad):
-        return _ScaleLowDims.apply(states, scale, low, index)
+        return _ScaleLowDims.apply(states, scale, low, index, heads_axis)
     out = states if _writable(states) else states.clone()
-    if low.runs is not None and out.dtype == scale.dtype:
-        view = low.read(out, index)
-        view.add_(view * scale)  # x + x * scale, as _scaled computes it, without a copy of x
+    if low.runs is None:
+        low.write_(out, index, _scaled(low.read(out, index, heads_axis), scale), heads_axis)
     else:
-        low.write_(out, index, _scaled(low.read(out, index), scale))
+        # x + x * scale without a copy of x: ``view * scale`` is computed in scale's dtype, and the in-place
+        # add computes in it too and rounds once to the states' dtype, so even a bf16 base gets _scaled's bits.
+        view = low.read(out, index, heads_axis)
+        view.add_(view * scale)
     return out
 
 
@@ -103,16 +123,16 @@ class _ScaleLowDims(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, states, scale, low, index):
+    def forward(ctx, states, scale, low, index, heads_axis):
         in_place = _writable(states)
         out = states if in_place else states.clone()
-        original = low.read(out, index)
+        original = low.read(out, index, heads_axis)
         if ctx.needs_input_grad[1] and low.runs is not None:
             original = original.clone()  # the view is overwritten below
-        low.write_(out, index, _scaled(original, scale))
+        low.write_(out, index, _scaled(original, scale), heads_axis)
         if in_place:
             ctx.mark_dirty(states)
-        ctx.low = low
+        ctx.low, ctx.heads_axis = low, heads_axis
         ctx.save_for_backward(original if ctx.needs_input_grad[1] else None, scale, index)
         return out
 
@@ -120,14 +140,14 @@ class _ScaleLowDims(torch.autograd.Function):
     @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad):
         original, scale, index = ctx.saved_tensors
-        low = ctx.low
-        grad_low = low.read(grad, index)
+        low, heads_axis = ctx.low, ctx.heads_axis
+        grad_low = low.read(grad, index, heads_axis)
         grad_scale = grad_low.to(scale.dtype) * original.to(scale.dtype) if ctx.needs_input_grad[1] else None
         grad_states = None
         if ctx.needs_input_grad[0]:
             grad_states = grad.clone()
-            low.write_(grad_states, index, _scaled(grad_low, scale))
-        return grad_states, grad_scale, None, None
+            low.write_(grad_states, index, _scaled(grad_low, scale), heads_axis)
+        return grad_states, grad_scale, None, None, None
 
 
 def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

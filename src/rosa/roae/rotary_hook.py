@@ -29,7 +29,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,13 +43,6 @@ from rosa.roae.layer import RoAE
 ROTARY_FUNCTION_PREFIX = "apply_rotary"
 # The arguments such a function must start with for RoAE to tell the query from the key.
 ROTARY_SIGNATURE = ("q", "k", "cos", "sin")
-
-
-@dataclass
-class _ActiveBlock:
-    adapter: RoAE
-    hidden: torch.Tensor
-    applied: bool = field(default=False)
 
 
 @dataclass
@@ -67,17 +60,9 @@ class _ProbeFinished(Exception):
     """Raised by the wrapper to stop a probed block right after its rotary function."""
 
 
-_ACTIVE: contextvars.ContextVar[_ActiveBlock | None] = contextvars.ContextVar("rosa_active_block", default=None)
-_PROBE: contextvars.ContextVar[list | None] = contextvars.ContextVar("rosa_rotary_probe", default=None)
-# True while a module nested in an attention block runs RoPE of its own (the token indexer of
-# DeepSeek-V3.2-style sparse attention, say): those states select tokens, they are not the block's
-# queries and keys, so the wrapper leaves them alone.
-_NESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("rosa_nested_rotary", default=False)
-
-# How many blocks publish an adapter, an observer or a probe right now, in any thread. The wrapper
-# reads it first: zero means plain RoPE, a check torch.compile can trace (it cannot trace
-# ContextVar.get), so a model without RoAE in the same process as a RoSA model compiles without
-# graph breaks. A lock keeps it exact: zero is only ever read while no block publishes anywhere.
+# How many values of the slots below are set outside a trace right now, in any thread. While it is zero a
+# slot's value is its default without a ContextVar lookup, which torch.compile cannot trace; a lock keeps
+# it exact, so zero is only ever read while nothing is set anywhere.
 _publishing = threading.Lock()
 _published = 0
 
@@ -87,12 +72,56 @@ def _count_published(change: int) -> None:
     with _publishing:
         _published += change
 
+
+class _BlockScoped:
+    """A value set for the duration of one module call and read by the rotary wrapper inside it.
+
+    Outside a trace it is a ``ContextVar``, so threads and async tasks running models at once each see
+    their own. While dynamo traces (``torch.compile``), which cannot trace a ``ContextVar``, it is a plain
+    stack: setting and reading both happen inside the traced call, so dynamo resolves the value while
+    tracing and the compiled graph holds no break and no lookup. A value set outside a trace is still
+    seen inside one (then the lookup is a graph break), so compiling only part of a model never skips
+    an adapter.
+    """
+
+    def __init__(self, name: str, default=None):
+        self.var = contextvars.ContextVar(name, default=default)
+        self.default = default
+        self.traced: list = []
+
+    def set(self, value) -> contextvars.Token | None:
+        if torch.compiler.is_compiling():
+            self.traced.append(value)
+            return None
+        _count_published(1)
+        return self.var.set(value)
+
+    def reset(self, token: contextvars.Token | None) -> None:
+        if token is None:
+            self.traced.pop()
+        else:
+            _count_published(-1)
+            self.var.reset(token)
+
+    def get(self):
+        if self.traced:
+            return self.traced[-1]
+        return self.var.get() if _published else self.default
+
+
+# The attention block now running with an adapter (a ``publishing``).
+_ACTIVE = _BlockScoped("rosa_active_block")
+# The list a probe collects its ``RotaryCall`` in.
+_PROBE = _BlockScoped("rosa_rotary_probe")
+# True while a module nested in an attention block runs RoPE of its own (the token indexer of
+# DeepSeek-V3.2-style sparse attention, say): those states select tokens, they are not the block's
+# queries and keys, so the wrapper leaves them alone.
+_NESTED = _BlockScoped("rosa_nested_rotary", default=False)
+
 # ``callback(layer_index, q, k, heads_axis)`` given to observe_rotary_states.
 RotaryObserver = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 # The observer of the block now running, with its layer index already bound.
-_OBSERVER: contextvars.ContextVar[Callable[[torch.Tensor, torch.Tensor, int], None] | None] = contextvars.ContextVar(
-    "rosa_rotary_observer", default=None
-)
+_OBSERVER = _BlockScoped("rosa_rotary_observer")
 
 
 def _wrap(original, name: str):
@@ -101,7 +130,7 @@ def _wrap(original, name: str):
     @functools.wraps(original)
     def apply_rotary_with_roae(q, k, cos, sin, *args, **kwargs):
         rotated_q, rotated_k = original(q, k, cos, sin, *args, **kwargs)
-        if not _published or _NESTED.get():
+        if _NESTED.get():
             return rotated_q, rotated_k
         active, observer, probe = _ACTIVE.get(), _OBSERVER.get(), _PROBE.get()
         modulate = active is not None
@@ -122,10 +151,7 @@ def _wrap(original, name: str):
                     f"RoAE layer {adapter.layer_index}: the block rotated with {name}, but its adapter was "
                     f"measured on {adapter.rotary_function}; rebuild the RoSA model after changing the config."
                 )
-            if "q" in adapter.heads:
-                rotated_q = adapter.modulate("q", rotated_q, active.hidden, heads_axis)
-            if "k" in adapter.heads:
-                rotated_k = adapter.modulate("k", rotated_k, active.hidden, heads_axis)
+            rotated_q, rotated_k = adapter.modulate(rotated_q, rotated_k, active.hidden, heads_axis)
             active.applied = True
         if observer is not None:
             observer(rotated_q, rotated_k, heads_axis)
@@ -181,7 +207,7 @@ def shield_nested_rotary(attention: nn.Module) -> None:
             continue
         shield = nested.__dict__.get("_rosa_shield")
         if shield is None:
-            tokens: list[contextvars.Token] = []
+            tokens: list[contextvars.Token | None] = []
             handles = [
                 nested.register_forward_pre_hook(lambda _module, _args: tokens.append(_NESTED.set(True))),
                 nested.register_forward_hook(
@@ -215,14 +241,12 @@ def probe_rotary_call(attention: nn.Module, **inputs) -> RotaryCall | None:
     shield_nested_rotary(attention)
     calls: list[RotaryCall] = []
     token = _PROBE.set(calls)
-    _count_published(1)
     try:
         with torch.no_grad():
             attention(**inputs)
     except _ProbeFinished:
         pass
     finally:
-        _count_published(-1)
         _PROBE.reset(token)
         release_nested_rotary(attention)
     return calls[0] if calls else None
@@ -237,21 +261,19 @@ class publishing:
     it runs once per layer and generated token, where a generator's overhead shows.
     """
 
-    __slots__ = ("block", "token")
+    __slots__ = ("adapter", "hidden", "applied", "token")
 
     def __init__(self, adapter: RoAE, hidden: torch.Tensor):
-        self.block = _ActiveBlock(adapter, hidden)
+        self.adapter, self.hidden, self.applied = adapter, hidden, False
 
     def __enter__(self) -> None:
-        self.token = _ACTIVE.set(self.block)
-        _count_published(1)
+        self.token = _ACTIVE.set(self)
 
     def __exit__(self, kind, error, traceback) -> None:
-        _count_published(-1)
         _ACTIVE.reset(self.token)
-        if kind is None and not self.block.applied:
+        if kind is None and not self.applied:
             raise RuntimeError(
-                f"RoAE layer {self.block.adapter.layer_index}: the attention block ran without applying RoPE, so the "
+                f"RoAE layer {self.adapter.layer_index}: the attention block ran without applying RoPE, so the "
                 "adapter was not used. Exclude this layer with RoSAConfig(layers=...)."
             )
 
@@ -299,15 +321,13 @@ def _publish_observer(attention: nn.Module, observer: Callable[[torch.Tensor, to
     it is a hook on the attention block itself, inside any :class:`rosa.roae.attention.RoSALayer`
     wrapping it, so it sees the states of whichever adapter that layer publishes.
     """
-    tokens: list[contextvars.Token] = []
+    tokens: list[contextvars.Token | None] = []
 
     def enter(module, args):
         tokens.append(_OBSERVER.set(observer))
-        _count_published(1)
 
     def leave(module, args, output):
         if tokens:  # empty when an earlier pre-hook raised before ``enter`` ran
-            _count_published(-1)
             _OBSERVER.reset(tokens.pop())
 
     return [attention.register_forward_pre_hook(enter), attention.register_forward_hook(leave, always_call=True)]

@@ -1,0 +1,115 @@
+"""Where RoSA's eager decode cost goes, per layer: one forward of one new token over a KV cache, timed for
+the base model, for RoSA, and for RoSA with its adapter math replaced by the identity (what the wrapper
+module, the publication of the adapter and the rotary hook cost alone).
+
+    python benchmarks/decode_overhead.py [--model GGUF_OR_DIR] [--dtype fp32|bf16] [--batch-size 1]
+                                         [--threads N] [--rounds 25] [--steps 10]
+
+The three variants run on the same weight tensors, in interleaved rounds; each round times ``--steps``
+decode steps of each, the cache cropped back after every step so all steps see the same context. The
+adapter's own operations are also timed alone in a loop, on the same shapes, which shows how much
+dearer they are inside a decode step, where the weight streaming leaves them cold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from rosa import RoSAConfig, get_rosa_model
+from rosa.loading import load_base_model
+from rosa.roae.layer import RoAE
+
+from generation import randomize, sharing_weights
+
+CONTEXT = 60
+
+
+def identity(adapter, q, k, hidden, heads_axis):
+    return q, k
+
+
+def decode_steps(model, cache, token, steps: int) -> float:
+    """Seconds per decode step of ``model`` on ``cache``."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(input_ids=token, cache=cache, use_cache=True)
+            cache.crop(-1)
+    return (time.perf_counter() - start) / steps
+
+
+def adapter_alone(adapter: RoAE, batch: int, heads: dict[str, int], dtype: torch.dtype, calls: int = 2000) -> float:
+    """Seconds per call of one layer's adapter on decode shapes, called in a loop."""
+    q, k = (torch.randn(batch, 1, heads[t], adapter.dim, dtype=dtype).transpose(1, 2) * 1 for t in ("q", "k"))
+    hidden = torch.randn(batch, 1, adapter.q_A.shape[1], dtype=dtype)
+    with torch.no_grad():
+        for _ in range(200):
+            adapter.modulate(q, k, hidden, 1)
+        start = time.perf_counter()
+        for _ in range(calls):
+            adapter.modulate(q, k, hidden, 1)
+    return (time.perf_counter() - start) / calls
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(Path("..") / "shared" / "models" / "SmolLM2-135M-Instruct-GGUF"))
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    base = load_base_model(args.model, precision=args.dtype, device=torch.device("cpu")).eval()
+    rosa = get_rosa_model(sharing_weights(base), RoSAConfig(targets=("q", "k"), init_seed=0))
+    randomize(rosa)
+    rosa.eval()
+    layers = base.config.num_hidden_layers
+    context = torch.randint(0, base.config.vocab_size, (args.batch_size, CONTEXT))
+    token = torch.randint(0, base.config.vocab_size, (args.batch_size, 1))
+    caches = {}
+    for name, model in (("base", base), ("rosa", rosa)):
+        caches[name] = DynamicCache(config=base.config)
+        with torch.no_grad():
+            model(input_ids=context, cache=caches[name], use_cache=True)
+
+    modulate = RoAE.modulate
+    variants = {"base": (base, caches["base"], modulate), "rosa": (rosa, caches["rosa"], modulate),
+                "rosa, adapter math skipped": (rosa, caches["rosa"], identity)}
+    samples = {name: [] for name in variants}
+    try:
+        for round_ in range(args.rounds + 1):
+            for name, (model, cache, method) in variants.items():
+                RoAE.modulate = method
+                seconds = decode_steps(model, cache, token, args.steps)
+                if round_:  # the first round warms up
+                    samples[name].append(seconds)
+    finally:
+        RoAE.modulate = modulate
+    step = {name: statistics.median(values) for name, values in samples.items()}
+    adapter = next(iter(rosa.roae_adapters().values()))
+    alone = adapter_alone(adapter, args.batch_size, adapter.heads, base.dtype)
+
+    print(f"model {args.model} ({args.dtype}), batch {args.batch_size}, {layers} layers, context {CONTEXT}, "
+          f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps")
+    print(f"{'variant':>28} {'ms/step':>8} {'ratio':>7} {'µs/layer over base':>19}")
+    for name, seconds in step.items():
+        extra = (seconds - step["base"]) / layers * 1e6
+        print(f"{name:>28} {seconds * 1e3:>8.2f} {seconds / step['base']:>6.3f}x {extra:>19.1f}")
+    inside = (step["rosa"] - step["rosa, adapter math skipped"]) / layers * 1e6
+    print(f"\none layer's adapter math: {alone * 1e6:.1f} µs called alone in a loop, {inside:.1f} µs inside a decode step "
+          f"({inside / (alone * 1e6):.1f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""benchmarks/generation.py: every variant timed per phase and clock, eager and compiled, on a tiny real Llama."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, load_script, require
+
+generation = load_script("benchmarks/generation.py")
+TINY = str(REPO.parent / "shared" / "models" / "TinyStories-656K")
+VARIANTS = {"base", "rosa", "lora", "lora-merged"}
+
+
+@pytest.mark.parametrize("compile_backend", [None, "aot_eager"], ids=["eager", "compiled"])
+def test_the_benchmark_times_every_variant_in_both_phases_and_clocks(tmp_path, compile_backend):
+    require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
+    out = tmp_path / "generation.json"
+    argv = ["--model", TINY, "--batch-sizes", "2", "--decodings", "greedy", "--new-tokens", "8", "--rounds", "1",
+            "--json", str(out)]
+    generation.main(argv + (["--compile", compile_backend] if compile_backend else []))
+    report = json.loads(out.read_text())
+    rows = {(row["phase"], row["clock"]): row for row in report["results"]}
+    assert set(rows) == {(phase, clock) for phase in ("prefill", "decode") for clock in ("wall", "cpu")}
+    for row in rows.values():
+        assert set(row["seconds"]) == VARIANTS and all(seconds > 0 for seconds in row["seconds"].values())
+        assert row["ratio_to_base"]["base"] == 1.0
+        assert row["ratio_to_base"]["rosa"] == pytest.approx(row["seconds"]["rosa"] / row["seconds"]["base"])
+    acts = report["adapters_act"][0]["tokens_differ_from_base"]
+    assert set(acts) == VARIANTS - {"base"} and acts["lora"]  # RoSA's change to the logits is too small to flip
+    # this tiny model's greedy tokens; tests/test_compiled.py checks that compiled RoSA generates as eager does
+
+
+def test_compiled_timing_refuses_beam_search():
+    with pytest.raises(SystemExit):
+        generation.main(["--model", TINY, "--decodings", "greedy,beam4", "--compile"])
+
+
+def test_decode_overhead_splits_rosas_cost_into_the_wrapper_and_the_adapter_math():
+    require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode_overhead.py"), "--model", TINY,
+                             "--rounds", "2", "--steps", "2", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = dict(re.findall(r"^\s*(base|rosa|rosa, adapter math skipped)\s+[\d.]+\s+([\d.]+)x\s+-?[\d.]+$",
+                           result.stdout, re.MULTILINE))
+    assert set(rows) == {"base", "rosa", "rosa, adapter math skipped"} and rows["base"] == "1.000"
+    assert "1 threads" in result.stdout
+    assert re.search(r"one layer's adapter math: [\d.]+ µs called alone in a loop, -?[\d.]+ µs inside a decode step", result.stdout)
