@@ -81,7 +81,8 @@ class _BlockScoped:
     stack: setting and reading both happen inside the traced call, so dynamo resolves the value while
     tracing and the compiled graph holds no break and no lookup. A value set outside a trace is still
     seen inside one (then the lookup is a graph break), so compiling only part of a model never skips
-    an adapter.
+    an adapter. One cost of the stack: when a graph break splits a block, the value sits on it between
+    the compiled pieces, where eager code in another thread would read it too.
     """
 
     def __init__(self, name: str, default=None):
