@@ -26,6 +26,7 @@ from rosa.loading import load_base_model
 from rosa.roae.layer import RoAE
 
 from generation import randomize, sharing_weights
+from host import cpu_machine
 
 CONTEXT = 60
 
@@ -102,6 +103,7 @@ def main(argv=None) -> None:
 
     print(f"model {args.model} ({args.dtype}), batch {args.batch_size}, {layers} layers, context {CONTEXT}, "
           f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps")
+    print(f"machine: {cpu_machine()}, torch {torch.__version__}")
     print(f"{'variant':>28} {'ms/step':>8} {'ratio':>7} {'µs/layer over base':>19}")
     for name, seconds in step.items():
         extra = (seconds - step["base"]) / layers * 1e6

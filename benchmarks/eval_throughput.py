@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +19,8 @@ import torch
 
 from rosa.eval import evaluate
 from rosa.loading import load_base_model, load_tokenizer
+
+from host import cpu_machine
 
 
 def timed_eval(model, tokenizer, out: Path, args, batch_size: int) -> tuple[float, list[dict]]:
@@ -49,7 +49,7 @@ def main() -> None:
         single, single_predictions = timed_eval(model, tokenizer, Path(tmp) / "single", args, 1)
         batched, batched_predictions = timed_eval(model, tokenizer, Path(tmp) / "batched", args, args.batch_size)
     print(f"model {args.model} ({args.precision}), tasks {args.tasks}, {args.limit} items each, decoding {args.decoding}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {cpu_machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"one at a time : {single:8.2f} items/s")
     print(f"batched ({args.batch_size:>3}) : {batched:8.2f} items/s")
     print(f"ratio         : {batched / single:8.2f}x")

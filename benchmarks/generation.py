@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import time
 
@@ -39,6 +37,8 @@ from transformers import CompileConfig, GenerationConfig
 from rosa import RoSAConfig, get_rosa_model
 from rosa.eval.generation import _prefill, generation_config
 from rosa.loading import load_base_model, load_tokenizer
+
+from host import cpu_machine
 
 PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
           "### Instruction:\nPlease answer the following question with true or false. Question: is the sky blue "
@@ -166,8 +166,8 @@ def main(argv=None) -> None:
     print(f"\nmodel {args.model} ({args.dtype}{f', compiled ({args.compile}), static cache' if args.compile else ''}); RoSA q,k on every "
           f"layer: {rosa_params:,d} parameters; LoRA r={rank} on q,k,v,up,down; {args.new_tokens} new tokens; median of "
           f"{args.rounds} interleaved rounds")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
+    machine = f"{cpu_machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    print(f"machine: {machine}\n")
     print(f"{'batch':>5} {'decoding':>8} {'phase':>7} {'clock':>5} {'base s':>8} {'rosa':>7} {'lora':>7} {'merged':>7}")
     for row in results:
         r = row["ratio_to_base"]
@@ -175,7 +175,7 @@ def main(argv=None) -> None:
               f"{r['rosa']:>6.3f}x {r['lora']:>6.3f}x {r['lora-merged']:>6.3f}x")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"args": vars(args), "rosa_params": rosa_params, "lora_rank": rank, "results": results,
+            json.dump({"args": vars(args), "machine": machine, "rosa_params": rosa_params, "lora_rank": rank, "results": results,
                        "adapters_act": changed}, handle, indent=2)
 
 

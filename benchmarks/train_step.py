@@ -48,7 +48,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -69,6 +68,8 @@ from rosa.gguf import gguf_config, gguf_source
 from rosa.loading import PRECISIONS, load_base_model, resolve_dtype
 from rosa.train.config import ExperimentConfig
 from rosa.train.methods import apply_method, match_rank, trainable_parameters, with_rank
+
+from host import cpu_machine
 
 VARIANTS = ("floor", "lora", "dora", "roae", "dls-skip", "dls-freeze", "dls-freeze-top")
 DLS_MODES = {"dls-skip": "skip", "dls-freeze": "freeze", "dls-freeze-top": "freeze"}
@@ -351,18 +352,11 @@ def freeze_break_even(summaries: dict) -> dict | None:
             "through": (low, top_low)}
 
 
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def machine(args) -> str:
     if torch.device(args.device).type == "cuda":
         where = torch.cuda.get_device_name(args.device)
     else:
-        where = f"{_cpu_name()}, {os.cpu_count()} CPUs"
+        where = cpu_machine()
     return f"{where}, torch {torch.__version__}, {platform.system()} {platform.release()}"
 
 

@@ -87,8 +87,11 @@ def stop_training_after(monkeypatch, step: int, message: str = "killed") -> None
 def load_script(path: str):
     """The repository's script at ``path`` (``scripts/rope_coverage.py``) as a module: scripts, benchmarks
     and studies are not a package. Registered in ``sys.modules`` under its stem, where dataclasses look
-    their module up."""
+    their module up, with its folder on the import path."""
     name = Path(path).stem
+    folder = str((REPO / path).parent)
+    if folder not in sys.path:  # as when run as a script: it imports its neighbours (benchmarks/host.py)
+        sys.path.append(folder)
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, REPO / path)
         module = importlib.util.module_from_spec(spec)

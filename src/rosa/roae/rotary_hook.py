@@ -11,7 +11,8 @@ is therefore the single point where:
 - the attention implementation is irrelevant: eager, sdpa and flash attention all see the result.
 
 The wrapper is a no-op unless an attention block carrying a RoAE adapter is running: that block's
-forward publishes ``(adapter, hidden_states)`` in a context variable for the duration of the call,
+forward publishes ``(adapter, hidden_states)`` for the duration of the call (in a context variable;
+while ``torch.compile`` traces, on a plain stack it can trace: see :class:`_BlockScoped`),
 and checks afterwards that RoPE actually ran (so a NoPE layer cannot silently skip its adapter).
 
 The same point serves probing (:func:`probe_rotary_call`: which function a block rotates with and
