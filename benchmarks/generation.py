@@ -15,12 +15,12 @@ decode is ``generate`` starting from that prefill's KV cache (as ``rosa eval`` r
 are reported separately. Adapters carry random non-zero weights, and each variant's generated tokens
 are printed as a check that the adapters act.
 
-``--compile`` times every variant as transformers runs a compiled model: a static cache, and the forward
-compiled by transformers itself (inductor, ``fullgraph=True``, static shapes; transformers does this on
-GPUs by default and is made to here). It covers greedy decoding only, since transformers' beam search
-does not use the compiled forward; prefill is a generate of one token (an uncompiled forward, as
-transformers runs it), decode the rest of a full generate. The first round of each variant and shape
-compiles and is left out.
+``--compile`` times every variant compiled: a static cache, and the transformers model's forward (under
+a PeftModel, its base model's) compiled with ``torch.compile`` (inductor, ``fullgraph=True``, static
+shapes), for greedy and beam decoding alike. transformers compiles the same forward by itself for greedy
+decoding with a static cache (on GPUs by default) but not for beam search, so the benchmark compiles it
+for both and turns transformers' own compiling off. Prefill is a generate of one token, decode the rest
+of a full generate. The first round of each variant and shape compiles and is left out.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import statistics
 import time
 
 import torch
-from transformers import CompileConfig, GenerationConfig
+from transformers import GenerationConfig
 
 from rosa import RoSAConfig, get_rosa_model
 from rosa.eval.generation import _prefill, generation_config
@@ -98,22 +98,30 @@ def measure(model, batch, config) -> dict:
 
 
 @torch.no_grad()
+@torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True)
 def measure_compiled(model, batch, config) -> dict:
-    """As transformers generates with a static cache and its compiled forward: prefill is a generate of
-    one token, decode what a full generate takes beyond that."""
+    """Generation with a static cache and a compiled forward: prefill is a generate of one token, decode
+    what a full generate takes beyond that. Each prompt batch, cache length and beam count is a graph of its
+    own, so the recompile limit is raised to fit them all, and reaching it raises rather than falling back
+    to eager unseen."""
     first = GenerationConfig(**{**config.to_diff_dict(), "max_new_tokens": 1, "min_new_tokens": 1})
-    first.compile_config = config.compile_config
     prefill_wall, prefill_cpu, _ = timed(lambda: model.generate(**batch, generation_config=first))
     total_wall, total_cpu, sequences = timed(lambda: model.generate(**batch, generation_config=config))
     return {"prefill": (prefill_wall, prefill_cpu), "decode": (total_wall - prefill_wall, total_cpu - prefill_cpu),
             "tokens": sequences[:, batch["input_ids"].shape[1]:].tolist()}
 
 
-def compiled(config: GenerationConfig, backend: str) -> GenerationConfig:
-    """``config`` with a static cache and transformers' compiled forward, forced on a CPU too."""
+def compile_forward(model, backend: str) -> None:
+    """Compile what ``generate`` calls every step: the transformers model's forward."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.forward = torch.compile(inner.forward, fullgraph=True, dynamic=False, backend=backend)
+
+
+def with_static_cache(config: GenerationConfig) -> GenerationConfig:
+    """``config`` with the static cache a compiled forward needs, and transformers' own compiling off (the
+    forward is compiled already)."""
     config.cache_implementation = "static"
-    config.compile_config = CompileConfig(fullgraph=True, dynamic=False, backend=backend, mode="default" if backend == "inductor" else None)
-    config.compile_config._compile_all_devices = True  # transformers compiles on accelerators only otherwise
+    config.disable_compile = True
     return config
 
 
@@ -126,12 +134,9 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
-                        help="a static cache and transformers' compiled forward, greedy only (backend: inductor)")
+                        help="a static cache and each model's forward compiled (backend: inductor)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    if args.compile and args.decodings != "greedy":
-        parser.error("--compile times greedy decoding only (transformers' beam search does not use the compiled "
-                     "forward): pass --decodings greedy")
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(args.model)
@@ -139,6 +144,9 @@ def main(argv=None) -> None:
     rosa_params = get_rosa_model(copy.deepcopy(base), RoSAConfig(targets=("q", "k"))).get_nb_trainable_parameters()[0]
     rank = lora_rank_matching(base, rosa_params)
     models = variants(base, rank)
+    if args.compile:
+        for model in models.values():
+            compile_forward(model, args.compile)
     results, changed = [], []
     for batch_size in map(int, args.batch_sizes.split(",")):
         batch = tokenizer([PROMPT] * batch_size, return_tensors="pt", padding=True, padding_side="left")
@@ -147,7 +155,7 @@ def main(argv=None) -> None:
             config.min_new_tokens = args.new_tokens  # every variant decodes the same number of tokens
             run = measure
             if args.compile:
-                config, run = compiled(config, args.compile), measure_compiled
+                config, run = with_static_cache(config), measure_compiled
             for model in models.values():
                 run(model, batch, config)  # warm-up (and compilation)
             samples = {name: [] for name in models}

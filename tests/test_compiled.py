@@ -16,6 +16,7 @@ from transformers import CompileConfig, GenerationConfig
 
 from conftest import load_script, randomize_adapters, tiny_model
 from rosa import RoSAConfig, get_rosa_model
+from rosa.roae import layer as roae_layer
 
 rope_coverage = load_script("scripts/rope_coverage.py")
 
@@ -42,14 +43,50 @@ def rosa_model(family: str):
     return model
 
 
+def adapter_matmuls(model, tokens) -> int:
+    """How many ``torch.mm`` calls the whole-model graph dynamo captures holds (``fullgraph=True`` raises
+    at any break); the base models here project with ``F.linear``, so every one is an adapter's."""
+    graphs = []
+
+    def count(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    with torch.no_grad():
+        torch.compile(model, backend=count, fullgraph=True)(tokens)
+    (graph,) = graphs
+    return sum(node.op == "call_function" and node.target is torch.mm for node in graph.graph.nodes)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_the_whole_model_compiles_as_one_graph_and_predicts_like_eager(family, tokens):
-    """Each of these plain models compiles as one graph (``fullgraph=True`` raises at any break)."""
+def test_the_whole_model_compiles_as_one_graph_and_predicts_like_eager(family, tokens, monkeypatch):
+    """Each of these plain models compiles as one graph (``fullgraph=True`` raises at any break). With the
+    adapter's projections as matmuls, as eager runs them, the compiled model gives eager's bits."""
+    monkeypatch.setattr(roae_layer, "SUMMED_ROWS", 0)
     model = rosa_model(family)
     with torch.no_grad():
         eager = model(tokens).logits
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(tokens).logits
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_compiled_decode_step_sums_products_instead_of_calling_matmuls(family, tokens):
+    """Up to ``SUMMED_ROWS`` rows the compiled adapter has no matmul call left for inductor to keep (two
+    per target otherwise), and predicts like eager within fp32 rounding: only the summation order differs."""
+    model = rosa_model(family)
+    targets = sum(len(adapter.heads) for adapter in model.roae_adapters().values())
+    assert tokens.numel() <= roae_layer.SUMMED_ROWS
+    assert adapter_matmuls(model, tokens) == 0
+    with torch.no_grad():
+        eager = model(tokens).logits
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(tokens).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)  # fp32 rounding, carried through every layer
+    assert not torch.equal(compiled, eager), "the summed products should round differently from a matmul"
+    torch._dynamo.reset()
+    many = tokens.repeat(roae_layer.SUMMED_ROWS // tokens.shape[1] + 1, 1)
+    assert adapter_matmuls(model, many) == 2 * targets
 
 
 def test_generate_with_transformers_compiled_static_cache_matches_eager(tokens):
@@ -72,8 +109,9 @@ def test_generate_with_transformers_compiled_static_cache_matches_eager(tokens):
     assert not torch.equal(eager, base), "the adapters should change what is generated"
 
 
-def test_a_compiled_attention_inside_an_eager_rosa_layer_still_applies_the_adapter(tokens):
+def test_a_compiled_attention_inside_an_eager_rosa_layer_still_applies_the_adapter(tokens, monkeypatch):
     """The adapter published outside the compiled region is read inside it (as a graph break), never skipped."""
+    monkeypatch.setattr(roae_layer, "SUMMED_ROWS", 0)  # matmuls, as in eager, so the check is bitwise
     model = get_rosa_model(tiny_model("llama", attn="sdpa"), RoSAConfig(targets=("q", "k"), init_seed=0))
     randomize_adapters(model)
     with torch.no_grad():
@@ -111,9 +149,10 @@ def test_threads_running_two_rosa_models_each_apply_their_own_adapter(tokens):
     assert not mismatches
 
 
-def test_a_graph_break_inside_an_adapted_block_still_applies_the_adapter_and_leaves_nothing_published(tokens):
+def test_a_graph_break_inside_an_adapted_block_still_applies_the_adapter_and_leaves_nothing_published(tokens, monkeypatch):
     """An attention function dynamo cannot trace splits each adapted block; the adapter published in the
     traced part must reach the rotary call, and nothing may stay published afterwards."""
+    monkeypatch.setattr(roae_layer, "SUMMED_ROWS", 0)  # matmuls, as in eager, so the check is bitwise
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -20,24 +20,40 @@ VARIANTS = {"base", "rosa", "lora", "lora-merged"}
 def test_the_benchmark_times_every_variant_in_both_phases_and_clocks(tmp_path, compile_backend):
     require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
     out = tmp_path / "generation.json"
-    argv = ["--model", TINY, "--batch-sizes", "2", "--decodings", "greedy", "--new-tokens", "8", "--rounds", "1",
+    argv = ["--model", TINY, "--batch-sizes", "2", "--decodings", "greedy,beam4", "--new-tokens", "8", "--rounds", "1",
             "--json", str(out)]
     generation.main(argv + (["--compile", compile_backend] if compile_backend else []))
     report = json.loads(out.read_text())
-    rows = {(row["phase"], row["clock"]): row for row in report["results"]}
-    assert set(rows) == {(phase, clock) for phase in ("prefill", "decode") for clock in ("wall", "cpu")}
+    rows = {(row["decoding"], row["phase"], row["clock"]): row for row in report["results"]}
+    assert set(rows) == {(decoding, phase, clock) for decoding in ("greedy", "beam4") for phase in ("prefill", "decode")
+                         for clock in ("wall", "cpu")}
     for row in rows.values():
         assert set(row["seconds"]) == VARIANTS and all(seconds > 0 for seconds in row["seconds"].values())
         assert row["ratio_to_base"]["base"] == 1.0
         assert row["ratio_to_base"]["rosa"] == pytest.approx(row["seconds"]["rosa"] / row["seconds"]["base"])
-    acts = report["adapters_act"][0]["tokens_differ_from_base"]
-    assert set(acts) == VARIANTS - {"base"} and acts["lora"]  # RoSA's change to the logits is too small to flip
-    # this tiny model's greedy tokens; tests/test_compiled.py checks that compiled RoSA generates as eager does
+    for acted in report["adapters_act"]:
+        acts = acted["tokens_differ_from_base"]
+        assert set(acts) == VARIANTS - {"base"} and acts["lora"]  # RoSA's change to the logits is too small to flip
+        # this tiny model's tokens; tests/test_compiled.py checks that compiled RoSA generates as eager does
 
 
-def test_compiled_timing_refuses_beam_search():
-    with pytest.raises(SystemExit):
-        generation.main(["--model", TINY, "--decodings", "greedy,beam4", "--compile"])
+def test_compiled_timing_compiles_each_model_once_and_never_falls_back_to_eager(monkeypatch):
+    """Beam search calls the model's own forward, so the benchmark compiles that forward (not transformers'
+    greedy-only compiled call); every shape it times must fit the recompile limit it sets."""
+    require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
+    import torch
+
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda function, **options: compiled.append(options) or real_compile(function, **options))
+    torch._dynamo.reset()
+    generation.main(["--model", TINY, "--batch-sizes", "1,2", "--decodings", "greedy,beam4", "--new-tokens", "4",
+                     "--rounds", "1", "--compile", "aot_eager"])
+    assert len(compiled) == len(VARIANTS)
+    assert all(options == {"fullgraph": True, "dynamic": False, "backend": "aot_eager"} for options in compiled)
+    default_limit = torch._dynamo.config.recompile_limit  # per model (dynamo counts graphs per module instance)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > default_limit * len(VARIANTS)
+    torch._dynamo.reset()
 
 
 def test_decode_overhead_splits_rosas_cost_into_the_wrapper_and_the_adapter_math():

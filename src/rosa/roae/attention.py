@@ -82,7 +82,7 @@ class RoSALayer(nn.Module, BaseTunerLayer):
         if not isinstance(hidden, torch.Tensor):
             raise RuntimeError("RoAE could not find the attention block's hidden_states input.")
         with rotary_hook.publishing(adapter, hidden):
-            return self.base_layer(*args, **kwargs)
+            return self._modules["base_layer"](*args, **kwargs)  # not through __getattr__: once per layer and token
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise NotImplementedError(MERGE_REFUSAL)

@@ -49,9 +49,11 @@ class RoAE(nn.Module):
             A.uniform_(-1.0 / math.sqrt(d_model), 1.0 / math.sqrt(d_model), generator=generator)
             self.register_parameter(f"{target}_A", nn.Parameter(A.to(dtype)))
             self.register_parameter(f"{target}_B", nn.Parameter(torch.zeros(n * self.d_low, rank, dtype=dtype)))
-        self._weight_names = [(f"{target}_A", f"{target}_B") for target in heads]
         self.register_buffer("low_dims", torch.tensor(low_dims, dtype=torch.long), persistent=False)
         self.low = LowDims(low_dims, dim)
+        # What modulate reads per call, fixed here: each target's weight names and the shape its signal
+        # unflattens to. One tuple of constants keeps a compiled model's guards on it few.
+        self._targets = tuple((target, f"{target}_A", f"{target}_B", (n, *self.low.shape)) for target, n in heads.items())
         # Saved with the weights: the rotary frequencies of the adapted dims, so weights loaded into an
         # existing adapter (which PEFT does without reading their config) are checked against this base.
         self.register_buffer("low_frequencies", torch.tensor(low_frequencies, dtype=torch.float32))
@@ -65,24 +67,45 @@ class RoAE(nn.Module):
         (``heads_axis=2``), already rotated; ``hidden`` is the block's ``[batch, seq, d_model]`` input.
         ``S = SiLU(B(A H))``, and ``B`` starts at zero so ``S = 0`` and the base model is unchanged. The
         adapter math runs in the adapter's dtype (fp32 by default) and the result is cast back, so a
-        bf16/fp16 base keeps full-precision adapter math; ``hidden`` is cast once for both targets, so
-        under a bf16 base the backward keeps one fp32 copy of it per layer, not two. Both targets in one
-        call: at decode this runs once per token and layer, where every Python call shows.
+        bf16/fp16 base keeps full-precision adapter math; ``hidden`` is cast and flattened to rows once for
+        both targets, so under a bf16 base the backward keeps one fp32 copy of it per layer, not two. Both
+        targets in one call: at decode this runs once per token and layer, where every Python call shows.
         """
         parameters = self._parameters
-        dtype = parameters[self._weight_names[0][0]].dtype
-        if hidden.dtype != dtype:
-            hidden = hidden.to(dtype)
+        dtype = parameters[self._targets[0][1]].dtype
+        rows = (hidden if hidden.dtype == dtype else hidden.to(dtype)).reshape(-1, hidden.shape[-1])
+        summed = torch.compiler.is_compiling() and not torch.is_grad_enabled() and rows.shape[0] <= SUMMED_ROWS
+        project = _summed_products if summed else _matmul
+        index = self.low_dims if self.low.runs is None else None  # only a gathered layout needs the dims' index
         states = {"q": q, "k": k}
-        for (A, B), (target, n_heads) in zip(self._weight_names, self.heads.items()):
+        for target, A, B, signal_shape in self._targets:
             rotated = states[target]
-            if rotated.shape[heads_axis] != n_heads or rotated.shape[-1] != self.dim:
+            if rotated.shape[heads_axis] != signal_shape[0] or rotated.shape[-1] != self.dim:
                 raise RuntimeError(
-                    f"RoAE layer {self.layer_index}: expected {n_heads} '{target}' heads of {self.dim} dims on axis "
-                    f"{heads_axis}, got states of shape {tuple(rotated.shape)}; rebuild the RoSA model after "
+                    f"RoAE layer {self.layer_index}: expected {signal_shape[0]} '{target}' heads of {self.dim} dims on "
+                    f"axis {heads_axis}, got states of shape {tuple(rotated.shape)}; rebuild the RoSA model after "
                     "changing the base model's config."
                 )
-            signal = F.silu(F.linear(F.linear(hidden, parameters[A]), parameters[B])).unflatten(-1, (n_heads, *self.low.shape))
+            signal = F.silu(project(project(rows, parameters[A]), parameters[B])).view(*hidden.shape[:-1], *signal_shape)
             scale = signal if self.alpha == 1.0 else self.alpha * signal  # x * 1.0 == x: the same bits, one kernel less
-            states[target] = scale_low_dims(rotated, scale, self.low, self.low_dims, heads_axis)
+            states[target] = scale_low_dims(rotated, scale, self.low, index, heads_axis)
         return states["q"], states["k"]
+
+
+# Up to this many rows (tokens across the batch: a decode step), a compiled adapter without autograd forms
+# its two projections as products summed, which inductor fuses into the rotary kernels around them,
+# instead of as two matmul calls per target that cost more than their arithmetic. Beyond it (prefill) the
+# matmul is faster: in a one-off measurement on this project's CPU the two crossed between 128 and 512
+# rows. Training keeps the matmuls, whose backward needs no product of rows and weights.
+SUMMED_ROWS = 128
+
+
+def _matmul(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(rows, weight)`` as the one ``mm`` it dispatches to, without its dispatch layers: the same bits."""
+    return torch.mm(rows, weight.t())
+
+
+def _summed_products(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(rows, weight)`` as a product and a sum, for inductor to fuse (see ``SUMMED_ROWS``); the
+    sum runs in another order than a matmul's, so the result differs from eager in the last bits."""
+    return (rows.unsqueeze(-2) * weight).sum(-1)

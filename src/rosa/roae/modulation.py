@@ -28,10 +28,11 @@ class LowDims:
         # The signal's last axis is unflattened to this (runs of equal length, or one axis of dims).
         self.shape = (self.runs[2], self.runs[4]) if self.runs else (len(dims),)
 
-    def read(self, states: torch.Tensor, index: torch.Tensor, heads_axis: int) -> torch.Tensor:
+    def read(self, states: torch.Tensor, index: torch.Tensor | None, heads_axis: int) -> torch.Tensor:
         """The low dims of ``states`` (``[batch, heads, seq, dim]`` when ``heads_axis`` is 1, ``[batch, seq,
         heads, dim]`` when 2) as ``[batch, seq, heads, *shape]``, the layout of the signal computed from the
-        ``[batch, seq, hidden]`` input: one strided view under a regular layout, else a gathered copy."""
+        ``[batch, seq, hidden]`` input: one strided view under a regular layout, else a copy gathered with
+        ``index`` (the dims as a tensor, needed only then)."""
         if self.runs is None:
             return _seq_major(states, heads_axis).index_select(-1, index)
         period, first, count, offset, length = self.runs
@@ -46,7 +47,7 @@ class LowDims:
             states.storage_offset() + (first * period + offset) * step,
         )
 
-    def write_(self, states: torch.Tensor, index: torch.Tensor, values: torch.Tensor, heads_axis: int) -> None:
+    def write_(self, states: torch.Tensor, index: torch.Tensor | None, values: torch.Tensor, heads_axis: int) -> None:
         """Write ``values`` (shaped like :meth:`read`'s result) into the low dims of ``states``."""
         if self.runs is None:
             _seq_major(states, heads_axis).index_copy_(-1, index, values)
@@ -80,7 +81,7 @@ def _as_runs(dims: list[int], dim: int) -> tuple[int, int, int, int, int] | None
 
 
 def scale_low_dims(
-    states: torch.Tensor, scale: torch.Tensor, low: LowDims, index: torch.Tensor, heads_axis: int
+    states: torch.Tensor, scale: torch.Tensor, low: LowDims, index: torch.Tensor | None, heads_axis: int
 ) -> torch.Tensor:
     """``states`` with its low dims ``x`` replaced by ``x + x * scale`` (``scale`` shaped like
     ``low.read(states, index, heads_axis)``). Without autograd the result is written into ``states`` itself
