@@ -15,12 +15,12 @@ decode is ``generate`` starting from that prefill's KV cache (as ``rosa eval`` r
 are reported separately. Adapters carry random non-zero weights, and each variant's generated tokens
 are printed as a check that the adapters act.
 
-``--compile`` times every variant compiled: a static cache, and the transformers model's forward (under
-a PeftModel, its base model's) compiled with ``torch.compile`` (inductor, ``fullgraph=True``, static
-shapes), for greedy and beam decoding alike. transformers compiles the same forward by itself for greedy
-decoding with a static cache (on GPUs by default) but not for beam search, so the benchmark compiles it
-for both and turns transformers' own compiling off. Prefill is a generate of one token, decode the rest
-of a full generate. The first round of each variant and shape compiles and is left out.
+``--compile`` times every variant compiled: a static cache, and the forward of each decode step compiled
+with ``torch.compile`` (inductor, ``fullgraph=True``, static shapes) while the prefill runs eagerly. That
+is how transformers runs greedy decoding with a static cache (on GPUs by default); it runs beam search
+uncompiled, so the benchmark compiles the transformers model's forward itself (under a PeftModel, its
+base model's) for both, with transformers' own compiling off. Prefill is a generate of one token, decode
+the rest of a full generate. The first round of each variant and shape compiles and is left out.
 """
 
 from __future__ import annotations
@@ -101,9 +101,8 @@ def measure(model, batch, config) -> dict:
 @torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True)
 def measure_compiled(model, batch, config) -> dict:
     """Generation with a static cache and a compiled forward: prefill is a generate of one token, decode
-    what a full generate takes beyond that. Each prompt batch, cache length and beam count is a graph of its
-    own, so the recompile limit is raised to fit them all, and reaching it raises rather than falling back
-    to eager unseen."""
+    what a full generate takes beyond that. Each batch size and beam count is a graph of its own: the
+    recompile limit is raised to fit many, and reaching it raises rather than falling back to eager unseen."""
     first = GenerationConfig(**{**config.to_diff_dict(), "max_new_tokens": 1, "min_new_tokens": 1})
     prefill_wall, prefill_cpu, _ = timed(lambda: model.generate(**batch, generation_config=first))
     total_wall, total_cpu, sequences = timed(lambda: model.generate(**batch, generation_config=config))
@@ -111,10 +110,18 @@ def measure_compiled(model, batch, config) -> dict:
             "tokens": sequences[:, batch["input_ids"].shape[1]:].tolist()}
 
 
-def compile_forward(model, backend: str) -> None:
-    """Compile what ``generate`` calls every step: the transformers model's forward."""
+def compile_decode_steps(model, backend: str) -> None:
+    """Compile the forward ``generate`` calls for each new token, as transformers does for greedy decoding
+    with a static cache, where the prefill stays eager (its shape changes with every prompt); here for beam
+    search too, which transformers runs uncompiled."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner.forward = torch.compile(inner.forward, fullgraph=True, dynamic=False, backend=backend)
+    eager = inner.forward
+    compiled = torch.compile(eager, fullgraph=True, dynamic=False, backend=backend)
+
+    def forward(*args, **kwargs):
+        return (compiled if kwargs["input_ids"].shape[1] == 1 else eager)(*args, **kwargs)
+
+    inner.forward = forward
 
 
 def with_static_cache(config: GenerationConfig) -> GenerationConfig:
@@ -134,7 +141,7 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
-                        help="a static cache and each model's forward compiled (backend: inductor)")
+                        help="a static cache and compiled decode steps (backend: inductor)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -146,7 +153,7 @@ def main(argv=None) -> None:
     models = variants(base, rank)
     if args.compile:
         for model in models.values():
-            compile_forward(model, args.compile)
+            compile_decode_steps(model, args.compile)
     results, changed = [], []
     for batch_size in map(int, args.batch_sizes.split(",")):
         batch = tokenizer([PROMPT] * batch_size, return_tensors="pt", padding=True, padding_side="left")
