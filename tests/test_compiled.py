@@ -109,6 +109,22 @@ def test_generate_with_transformers_compiled_static_cache_matches_eager(tokens):
     assert not torch.equal(eager, base), "the adapters should change what is generated"
 
 
+def test_beam_search_with_a_compiled_forward_matches_eager(tokens):
+    """transformers' beam search calls the model's own forward; compiled by the user, as
+    docs/inference-cost.md shows, it must generate what eager beam search generates."""
+    model = get_rosa_model(tiny_model("llama", attn="sdpa"), RoSAConfig(targets=("q", "k"), init_seed=0))
+    randomize_adapters(model)
+    config = GenerationConfig(max_new_tokens=6, num_beams=3, do_sample=False, cache_implementation="static",
+                              pad_token_id=0, disable_compile=True)
+    with torch.no_grad():
+        eager = model.generate(tokens, generation_config=config)
+        inner = model.get_base_model()
+        inner.forward = torch.compile(inner.forward, fullgraph=True, dynamic=False, backend="aot_eager")
+        compiled = model.generate(tokens, generation_config=config)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2, "prefill and decode should have compiled"
+    assert torch.equal(compiled, eager)
+
+
 def test_a_compiled_attention_inside_an_eager_rosa_layer_still_applies_the_adapter(tokens, monkeypatch):
     """The adapter published outside the compiled region is read inside it (as a graph break), never skipped."""
     monkeypatch.setattr(roae_layer, "SUMMED_ROWS", 0)  # matmuls, as in eager, so the check is bitwise
