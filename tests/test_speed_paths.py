@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+import torch.nn.functional as F
 
 from conftest import tiny_model
 from rosa import DLSConfig, DynamicLayerSelector, RoSAConfig, get_rosa_model
@@ -231,3 +232,47 @@ def test_a_plain_model_beside_a_rosa_model_compiles_without_graph_breaks():
             rosa(tokens)
     assert rotary_hook._published == 0
     torch._dynamo.reset()
+
+
+def plain_roae(adapter, q, k, hidden, heads_axis=1):
+    """RoAE as the spec writes it, with ``F.linear`` projections: the reference for ``RoAE.modulate``."""
+    rows = hidden.to(adapter.q_A.dtype)
+    adapted = []
+    for target, states in (("q", q), ("k", k)):
+        A, B = getattr(adapter, f"{target}_A"), getattr(adapter, f"{target}_B")
+        signal = F.silu(F.linear(F.linear(rows, A), B)).unflatten(-1, (adapter.heads[target], adapter.d_low))
+        adapted.append(plain_modulation(states, adapter.alpha * signal, adapter.low_dims, heads_axis))
+    return adapted
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_roae_is_bitwise_the_spec_formulation_with_linear_projections(dtype, alpha):
+    """The adapter projects with ``torch.mm`` on the input's rows, the call ``F.linear`` dispatches to: outputs
+    and every gradient (states, block input, A and B) keep the bits of ``F.linear``."""
+    from rosa.roae.layer import RoAE
+
+    generator = torch.Generator().manual_seed(2)
+    adapter = RoAE(layer_index=0, d_model=24, rank=4, alpha=alpha, heads={"q": 4, "k": 2}, low_dims=[6, 7, 14, 15],
+                   low_frequencies=[0.1, 0.01, 0.1, 0.01], dim=16, rotary_function="apply_rotary_pos_emb",
+                   dtype=torch.float32, generator=generator)
+    with torch.no_grad():
+        for name in ("q_B", "k_B"):
+            getattr(adapter, name).copy_(torch.randn(getattr(adapter, name).shape, generator=generator))
+    q, k = (torch.randn(2, 5, heads, 16, generator=generator).to(dtype).transpose(1, 2) for heads in (4, 2))
+    hidden = torch.randn(2, 5, 24, generator=generator).to(dtype)
+    grads = [torch.randn(states.shape, generator=generator).to(dtype) for states in (q, k)]
+
+    def results(function):
+        adapter.zero_grad()
+        inputs = [tensor.detach().requires_grad_() for tensor in (q, k, hidden)]
+        outputs = function(*(tensor * 1 for tensor in inputs[:2]), inputs[2])  # fresh, as a rotary function returns
+        torch.autograd.backward(outputs, grads)
+        return [*outputs, *(tensor.grad for tensor in inputs), *(p.grad.clone() for p in adapter.parameters())]
+
+    expected = results(lambda q, k, hidden: plain_roae(adapter, q, k, hidden))
+    actual = results(lambda q, k, hidden: adapter.modulate(q, k, hidden, 1))
+    for a, e in zip(actual, expected, strict=True):
+        assert torch.equal(a, e)
+    with torch.no_grad():
+        assert all(torch.equal(a, e) for a, e in zip(adapter.modulate(q * 1, k * 1, hidden, 1), expected[:2]))
