@@ -25,8 +25,9 @@ from rosa import RoSAConfig, get_rosa_model
 from rosa.loading import load_base_model
 from rosa.roae.layer import RoAE
 
-from generation import randomize, sharing_weights
+from generation import randomize
 from host import cpu_machine
+from train_step import shared_copy
 
 CONTEXT = 60
 
@@ -45,9 +46,9 @@ def decode_steps(model, cache, token, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def adapter_alone(adapter: RoAE, batch: int, heads: dict[str, int], dtype: torch.dtype, calls: int = 2000) -> float:
+def adapter_alone(adapter: RoAE, batch: int, dtype: torch.dtype, calls: int = 2000) -> float:
     """Seconds per call of one layer's adapter on decode shapes, called in a loop."""
-    q, k = (torch.randn(batch, 1, heads[t], adapter.dim, dtype=dtype).transpose(1, 2) * 1 for t in ("q", "k"))
+    q, k = (torch.randn(batch, 1, adapter.heads[t], adapter.dim, dtype=dtype).transpose(1, 2) * 1 for t in ("q", "k"))
     hidden = torch.randn(batch, 1, adapter.q_A.shape[1], dtype=dtype)
     with torch.no_grad():
         for _ in range(200):
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
 
     torch.manual_seed(0)
     base = load_base_model(args.model, precision=args.dtype, device=torch.device("cpu")).eval()
-    rosa = get_rosa_model(sharing_weights(base), RoSAConfig(targets=("q", "k"), init_seed=0))
+    rosa = get_rosa_model(shared_copy(base), RoSAConfig(targets=("q", "k"), init_seed=0))
     randomize(rosa)
     rosa.eval()
     layers = base.config.num_hidden_layers
@@ -99,7 +100,7 @@ def main(argv=None) -> None:
         RoAE.modulate = modulate
     step = {name: statistics.median(values) for name, values in samples.items()}
     adapter = next(iter(rosa.roae_adapters().values()))
-    alone = adapter_alone(adapter, args.batch_size, adapter.heads, base.dtype)
+    alone = adapter_alone(adapter, args.batch_size, base.dtype)
 
     print(f"model {args.model} ({args.dtype}), batch {args.batch_size}, {layers} layers, context {CONTEXT}, "
           f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps")

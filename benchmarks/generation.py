@@ -39,6 +39,7 @@ from rosa.eval.generation import _prefill, generation_config
 from rosa.loading import load_base_model, load_tokenizer
 
 from host import cpu_machine
+from train_step import shared_copy
 
 PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
           "### Instruction:\nPlease answer the following question with true or false. Question: is the sky blue "
@@ -53,21 +54,16 @@ def randomize(model, seed: int = 0) -> None:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator).to(parameter.dtype) * 0.5)
 
 
-def sharing_weights(base):
-    """A copy of ``base`` whose weight matrices are ``base``'s own tensors. RoSA and unmerged LoRA leave
-    them unchanged, so they run on the very memory the base runs on: a separate copy of the weights,
-    laid out afresh, alone moved a variant's time by up to 9% either way here (merged LoRA, which
-    needs its own copy, shows that effect)."""
-    return copy.deepcopy(base, memo={id(p): p for p in base.parameters() if p.dim() > 1})
-
-
 def variants(base, lora_rank: int) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    rosa = get_rosa_model(sharing_weights(base), RoSAConfig(targets=("q", "k"), init_seed=0))
+    # RoSA and unmerged LoRA leave the weight matrices unchanged, so they run on the very memory the base
+    # runs on: a separate copy of the weights, laid out afresh, alone moved a variant's time by up to 9%
+    # either way here (merged LoRA, which needs its own copy, shows that effect).
+    rosa = get_rosa_model(shared_copy(base), RoSAConfig(targets=("q", "k"), init_seed=0))
     randomize(rosa)
-    lora = get_peft_model(sharing_weights(base), LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                                          target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]))
+    lora = get_peft_model(shared_copy(base), LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                                      target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]))
     randomize(lora)
     merged = copy.deepcopy(lora).merge_and_unload()
     return {"base": base, "rosa": rosa.eval(), "lora": lora.eval(), "lora-merged": merged.eval()}
