@@ -2,7 +2,7 @@
 the base model, for RoSA, and for RoSA with its adapter math replaced by the identity (what the wrapper
 module, the publication of the adapter and the rotary hook cost alone).
 
-    python benchmarks/decode_overhead.py [--model GGUF_OR_DIR] [--dtype fp32|bf16] [--batch-size 1]
+    python benchmarks/decode_overhead.py [--model GGUF_OR_DIR | qwen0.5b] [--dtype fp32|bf16] [--batch-size 1]
                                          [--threads N] [--rounds 25] [--steps 10]
 
 The three variants run on the same weight tensors, in interleaved rounds; each round times ``--steps``
@@ -22,12 +22,11 @@ import torch
 from transformers import DynamicCache
 
 from rosa import RoSAConfig, get_rosa_model
-from rosa.loading import load_base_model
 from rosa.roae.layer import RoAE
 
 from generation import randomize
 from host import cpu_machine
-from train_step import shared_copy
+from train_step import SHAPES, build_base, shared_copy
 
 CONTEXT = 60
 
@@ -61,7 +60,8 @@ def adapter_alone(adapter: RoAE, batch: int, dtype: torch.dtype, calls: int = 20
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(Path("..") / "shared" / "models" / "SmolLM2-135M-Instruct-GGUF"))
+    parser.add_argument("--model", default=str(Path("..") / "shared" / "models" / "SmolLM2-135M-Instruct-GGUF"),
+                        help=f"a local model (directory or GGUF file), or {' | '.join(SHAPES)} (that shape with random weights)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    base = load_base_model(args.model, precision=args.dtype, device=torch.device("cpu")).eval()
+    base = build_base(args.model, args.dtype, torch.device("cpu")).eval()
     rosa = get_rosa_model(shared_copy(base), RoSAConfig(targets=("q", "k"), init_seed=0))
     randomize(rosa)
     rosa.eval()

@@ -1,9 +1,13 @@
 """What an adapter costs at inference: prefill and decode time of the base model, RoSA, and LoRA
 unmerged and merged at RoSA's parameter budget, measured side by side in one process.
 
-    python benchmarks/generation.py [--model GGUF_OR_DIR] [--dtype fp32|bf16] [--batch-sizes 1,8]
-                                    [--decodings greedy,beam4] [--new-tokens 32] [--rounds 4] [--compile [BACKEND]]
-                                    [--json out.json]
+    python benchmarks/generation.py [--model GGUF_OR_DIR | qwen0.5b] [--tokenizer DIR] [--dtype fp32|bf16]
+                                    [--batch-sizes 1,8] [--decodings greedy,beam4] [--new-tokens 32] [--rounds 4]
+                                    [--compile [BACKEND]] [--json out.json]
+
+``--model`` also takes a shape of ``train_step.py`` (``qwen0.5b``, ``tiny``) with random weights: RoSA's cost
+per layer and token is nearly fixed while the base's grows with the model, so a real model's size, not only
+its layer count, sets the ratio. Its prompts are tokenized by ``--tokenizer`` (default: SmolLM2's).
 
 RoSA and unmerged LoRA run on the base's own weight tensors (RoSA wraps the attention blocks, unmerged
 LoRA wraps the projections); merged LoRA is a second copy with the update folded in, so its ratio also
@@ -36,10 +40,12 @@ from transformers import GenerationConfig
 
 from rosa import RoSAConfig, get_rosa_model
 from rosa.eval.generation import _prefill, generation_config
-from rosa.loading import load_base_model, load_tokenizer
+from rosa.loading import load_tokenizer
 
 from host import cpu_machine
-from train_step import shared_copy
+from train_step import SHAPES, build_base, shared_copy
+
+DEFAULT_MODEL = "../shared/models/SmolLM2-135M-Instruct-GGUF"
 
 PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
           "### Instruction:\nPlease answer the following question with true or false. Question: is the sky blue "
@@ -130,7 +136,9 @@ def with_static_cache(config: GenerationConfig) -> GenerationConfig:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="../shared/models/SmolLM2-135M-Instruct-GGUF")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a local model (directory or GGUF file), or {' | '.join(SHAPES)} "
+                        "(that shape with random weights)")
+    parser.add_argument("--tokenizer", help="the prompts' tokenizer (default: the model's; for a shape, the default model's)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--decodings", default="greedy,beam4")
@@ -142,8 +150,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    tokenizer = load_tokenizer(args.model)
-    base = load_base_model(args.model, precision=args.dtype, device=torch.device("cpu")).eval()
+    tokenizer = load_tokenizer(args.tokenizer or (DEFAULT_MODEL if args.model in SHAPES else args.model))
+    base = build_base(args.model, args.dtype, torch.device("cpu")).eval()
+    if len(tokenizer) > base.config.vocab_size:
+        parser.error(f"the tokenizer has {len(tokenizer)} tokens, more than the model's vocabulary of "
+                     f"{base.config.vocab_size}; pass a --tokenizer that fits it")
     rosa_params = get_rosa_model(copy.deepcopy(base), RoSAConfig(targets=("q", "k"))).get_nb_trainable_parameters()[0]
     rank = lora_rank_matching(base, rosa_params)
     models = variants(base, rank)

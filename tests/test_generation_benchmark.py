@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, load_script, require
+from conftest import REPO, STORIES, load_script, require
 
 generation = load_script("benchmarks/generation.py")
 TINY = str(REPO.parent / "shared" / "models" / "TinyStories-656K")
@@ -35,6 +35,23 @@ def test_the_benchmark_times_every_variant_in_both_phases_and_clocks(tmp_path, c
         acts = acted["tokens_differ_from_base"]
         assert set(acts) == VARIANTS - {"base"} and acts["lora"]  # RoSA's change to the logits is too small to flip
         # this tiny model's tokens; tests/test_compiled.py checks that compiled RoSA generates as eager does
+
+
+def test_a_shape_with_random_weights_is_timed_with_a_tokenizer_that_fits_it(tmp_path, capsys):
+    """``--model tiny``: train_step's shape, random weights; the prompts come from ``--tokenizer``, and one whose
+    vocabulary exceeds the model's is refused up front instead of failing inside the embedding."""
+    require(STORIES / "tokenizer.json")
+    out = tmp_path / "generation.json"
+    generation.main(["--model", "tiny", "--tokenizer", str(STORIES), "--batch-sizes", "1", "--decodings", "greedy",
+                     "--new-tokens", "4", "--rounds", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["args"]["model"] == "tiny"
+    assert {row["phase"] for row in report["results"]} == {"prefill", "decode"}
+    assert all(set(row["seconds"]) == VARIANTS for row in report["results"])
+    with pytest.raises(SystemExit) as refused:
+        generation.main(["--model", "tiny", "--tokenizer", TINY, "--rounds", "1"])
+    assert refused.value.code == 2
+    assert "the tokenizer has 2048 tokens, more than the model's vocabulary of 1024" in capsys.readouterr().err
 
 
 def test_compiled_timing_compiles_one_decode_graph_per_model_and_shape(monkeypatch):
