@@ -39,7 +39,10 @@ overhead is the time inside `selector.step()` plus the extra cost of a scoring s
 skip mode, where nothing else differs) amortised over `run_interval`, as a share of the step.
 
 Steps are timed by the wall clock (the default) and by the process's CPU time (`--clock cpu`,
-which leaves out time spent waiting for a core on a shared machine).
+which leaves out time spent waiting for a core on a shared machine). Each step also records the
+process's minor page faults: on a CPU, glibc's allocator hands large freed buffers back to the kernel
+and faults them in again on the next step, which cost a sixth of SmolLM2's step on the VM of
+docs/training-cost.md and moves with every megabyte a variant keeps for its backward.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+try:
+    import resource  # Unix: page faults per step
+except ImportError:
+    resource = None
 
 import torch
 from torch import nn
@@ -197,6 +205,11 @@ def loss_of(trainee: Trainee, input_ids: torch.Tensor) -> torch.Tensor:
     return trainee.forward(input_ids=input_ids, labels=input_ids, use_cache=False).loss
 
 
+def minor_faults() -> int | None:
+    """The process's minor page faults so far (None where the platform does not count them)."""
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def timed_step(trainee: Trainee, input_ids: torch.Tensor, device: torch.device) -> dict:
     """One optimizer step the README way, timed; ``selector_ms`` is the part inside selector.step(),
     ``lowest`` the lowest layer selected while it ran (freeze's backward stops there, except on
@@ -205,6 +218,7 @@ def timed_step(trainee: Trainee, input_ids: torch.Tensor, device: torch.device) 
     scoring = selector is not None and selector.is_scoring_step(selector.step_count)
     lowest = min(selector.selected) if selector is not None else None
     sync(device)
+    faults = minor_faults()
     wall, cpu = time.perf_counter(), time.process_time()
     loss = loss_of(trainee, input_ids)
     loss.backward()
@@ -220,7 +234,7 @@ def timed_step(trainee: Trainee, input_ids: torch.Tensor, device: torch.device) 
         optimizer.zero_grad(set_to_none=True)
     sync(device)
     record = {"ms": 1e3 * (time.perf_counter() - wall), "cpu_ms": 1e3 * (time.process_time() - cpu),
-              "selector_ms": 1e3 * selector_s, "scoring": scoring, "lowest": lowest, "loss": loss.item()}
+              "page_faults": None if faults is None else minor_faults() - faults, "selector_ms": 1e3 * selector_s, "scoring": scoring, "lowest": lowest, "loss": loss.item()}
     if trainee.variant == "dls-freeze-top":
         pin_to_top(selector)
     return record
@@ -297,6 +311,7 @@ def summarise(result: dict, run_interval: int, clock: str = "wall") -> dict:
     summary = {"trainable": result["trainable"], "peak_mib": result["peak_mib"],
                "train_mib": result["peak_mib"] - result["in_use_before_mib"],
                "median_ms": _median([s[key] for s in steps]), "selections": result["selections"],
+               "page_faults": None if None in (faults := [s["page_faults"] for s in steps]) else _median(faults),
                "lowest": [s["lowest"] for s in steps]}
     if result["variant"] in DLS_MODES:
         plain = _median([s[key] for s in steps if not s["scoring"]])
@@ -375,6 +390,9 @@ def print_report(args, budget: dict, summaries: dict, threads: int, checks: list
         print(f"{variant:<15}{s['trainable']:>10,d}{s['step_ms']:>10.1f}{s['peak_mib']:>10.0f}{s['train_mib']:>11.0f}"
               f"{s['step_ms'] / floor:>9.3f}{s['step_ms'] / lora:>8.3f}")
     print("step ms: median; for dls-* the steady state of that run. train MiB: peak minus memory in use before step 0.")
+    if all(s["page_faults"] is not None for s in summaries.values()):
+        print("minor page faults per step (median, the timing process): "
+              + ", ".join(f"{variant} {s['page_faults']:,.0f}" for variant, s in summaries.items()))
     for variant in DLS_MODES:
         s = summaries[variant]
         print(f"{variant}: non-scoring {s['non_scoring_ms']:.1f} ms, scoring {s['scoring_ms']:.1f} ms, selector.step() "

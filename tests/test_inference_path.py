@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import randomize_adapters, tiny_model
 from rosa import RoSAConfig, get_rosa_model
@@ -35,11 +36,11 @@ def test_the_in_place_path_copies_a_view_instead_of_writing_through_it(dims, con
         whole = torch.randn(2, 3, 4, 8, generator=torch.Generator().manual_seed(0))
         before = whole.clone()
         view = whole[:, :2]
-        scale = torch.randn(2, 4, 2, *low.shape, generator=torch.Generator().manual_seed(1))  # [batch, seq, heads, ...]
-        out = scale_low_dims(view, scale, low, index, heads_axis=1)
+        signal = torch.randn(2, 4, 2, *low.shape, generator=torch.Generator().manual_seed(1))  # [batch, seq, heads, ...]
+        out = scale_low_dims(view, signal, 1.0, low, index, heads_axis=1)
         assert torch.equal(whole, before)  # the tensor behind the view is untouched
         expected = view.clone()
-        expected[..., dims] = view[..., dims] + view[..., dims] * scale.flatten(-len(low.shape)).transpose(1, 2)
+        expected[..., dims] = view[..., dims] + view[..., dims] * F.silu(signal).flatten(-len(low.shape)).transpose(1, 2)
         assert torch.equal(out, expected)
         fresh = view.clone()
-        assert scale_low_dims(fresh, scale, low, index, heads_axis=1) is fresh and torch.equal(fresh, out)
+        assert scale_low_dims(fresh, signal, 1.0, low, index, heads_axis=1) is fresh and torch.equal(fresh, out)

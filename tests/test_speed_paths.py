@@ -16,18 +16,20 @@ N_LAYERS = 4
 CHECKPOINTING = {"plain": None, "non-reentrant": {"use_reentrant": False}, "reentrant": {"use_reentrant": True}}
 
 
-def plain_modulation(states, scale, low_dims, heads_axis=1):
-    """The straightforward autograd formulation (what RoAE.modulate did before): the reference. ``scale`` is
-    ``[batch, seq, heads, d_low]``, the signal's layout."""
+def plain_modulation(states, signal, low_dims, heads_axis=1, alpha=1.0):
+    """The straightforward autograd formulation (what RoAE.modulate did before): the reference. ``signal`` is
+    the projections' output before the SiLU, ``[batch, seq, heads * d_low]``."""
+    scale = (alpha * F.silu(signal)).unflatten(-1, (-1, len(low_dims)))
     scale = scale.transpose(1, 2) if heads_axis == 1 else scale
     low32 = states.index_select(-1, low_dims).to(scale.dtype)
     return states.index_copy(-1, low_dims, (low32 + low32 * scale).to(states.dtype))
 
 
-def rosa_modulation(states, scale, low_dims, heads_axis=1):
-    """RoAE's modulation, with the scale in the shape it reads the low dims in."""
+def rosa_modulation(states, signal, low_dims, heads_axis=1, alpha=1.0):
+    """RoAE's modulation, with the signal in the shape it reads the low dims in."""
     low = LowDims(low_dims.tolist(), states.shape[-1])
-    return scale_low_dims(states, scale.unflatten(-1, low.shape), low, low_dims, heads_axis)
+    heads = states.shape[heads_axis]
+    return scale_low_dims(states, signal.unflatten(-1, (heads, *low.shape)), alpha, low, low_dims, heads_axis)
 
 
 ROTATED = {  # what a rotary function may hand RoAE: a fresh tensor is modulated in place, the others copied first
@@ -37,34 +39,35 @@ ROTATED = {  # what a rotary function may hand RoAE: a fresh tensor is modulated
 }
 
 
-def modulation_results(function, states, scale, low_dims, grad, heads_axis, rotated="leaf"):
-    states, scale = states.detach().requires_grad_(), scale.detach().requires_grad_()
-    out = function(ROTATED[rotated](states), scale, low_dims, heads_axis)
+def modulation_results(function, states, signal, low_dims, grad, heads_axis, alpha, rotated="leaf"):
+    states, signal = states.detach().requires_grad_(), signal.detach().requires_grad_()
+    out = function(ROTATED[rotated](states), signal, low_dims, heads_axis, alpha)
     out.backward(grad)
-    return out.flatten(), states.grad, scale.grad
+    return out.flatten(), states.grad, signal.grad
 
 
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rotated", list(ROTATED))
 @pytest.mark.parametrize(
     "low_dims", [[6, 7, 14, 15], [12, 13, 14, 15], [0, 2, 3, 8, 10, 11]], ids=["rotate-half", "interleaved", "scattered"]
 )
 @pytest.mark.parametrize("heads_axis", [1, 2], ids=["heads-first", "seq-first"])
-def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, rotated, low_dims, heads_axis):
+def test_modulation_is_bitwise_the_plain_autograd_formulation(dtype, rotated, low_dims, heads_axis, alpha):
     generator = torch.Generator().manual_seed(0)
     # 3 heads, 5 positions, as the transposed view q and k leave RoPE as ([batch, heads, seq, dim] when
-    # heads_axis is 1); the scale comes in the signal's [batch, seq, heads, d_low], here a view too.
+    # heads_axis is 1); the signal as the projections leave it, [batch, seq, heads * d_low].
     states = torch.randn(2, 5, 3, 16, generator=generator).to(dtype)
     states = states.transpose(1, 2) if heads_axis == 1 else states[:, :, :, :]
-    scale = torch.randn(2, 3, 5, len(low_dims), generator=generator).transpose(1, 2)
+    signal = torch.randn(2, 5, 3 * len(low_dims), generator=generator)
     grad = torch.randn(*states.shape, generator=generator).to(dtype)
     index = torch.tensor(low_dims)
-    expected = modulation_results(plain_modulation, states, scale, index, grad, heads_axis)
-    actual = modulation_results(rosa_modulation, states, scale, index, grad, heads_axis, rotated)
-    for name, a, e in zip(("output", "states grad", "scale grad"), actual, expected):
+    expected = modulation_results(plain_modulation, states, signal, index, grad, heads_axis, alpha)
+    actual = modulation_results(rosa_modulation, states, signal, index, grad, heads_axis, alpha, rotated)
+    for name, a, e in zip(("output", "states grad", "signal grad"), actual, expected):
         assert torch.equal(a, e), name
-    with torch.no_grad():  # the inference path: in place on a fresh tensor, in the scale's dtype throughout
-        assert torch.equal(rosa_modulation(ROTATED[rotated](states), scale, index, heads_axis).flatten(), expected[0])
+    with torch.no_grad():  # the inference path: in place on a fresh tensor, in the signal's dtype throughout
+        assert torch.equal(rosa_modulation(ROTATED[rotated](states), signal, index, heads_axis, alpha).flatten(), expected[0])
 
 
 @pytest.mark.parametrize("dims,runs", [([6, 7, 14, 15], (8, 0, 2, 6, 2)), ([12, 13, 14, 15], (16, 0, 1, 12, 4)),
@@ -77,8 +80,8 @@ def test_low_dims_are_read_as_a_strided_view_under_regular_layouts(dims, runs):
 def test_modulation_gradients_pass_gradcheck(low_dims):
     generator = torch.Generator().manual_seed(1)
     states = torch.randn(1, 2, 3, 8, dtype=torch.float64, generator=generator, requires_grad=True)
-    scale = torch.randn(1, 3, 2, len(low_dims), dtype=torch.float64, generator=generator, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda s, c: rosa_modulation(s * 1, c, torch.tensor(low_dims)), (states, scale))
+    signal = torch.randn(1, 3, 2 * len(low_dims), dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s, c: rosa_modulation(s * 1, c, torch.tensor(low_dims), alpha=2.0), (states, signal))
 
 
 def rosa_model(checkpointing: str = "plain"):
@@ -240,8 +243,7 @@ def plain_roae(adapter, q, k, hidden, heads_axis=1):
     adapted = []
     for target, states in (("q", q), ("k", k)):
         A, B = getattr(adapter, f"{target}_A"), getattr(adapter, f"{target}_B")
-        signal = F.silu(F.linear(F.linear(rows, A), B)).unflatten(-1, (adapter.heads[target], adapter.d_low))
-        adapted.append(plain_modulation(states, adapter.alpha * signal, adapter.low_dims, heads_axis))
+        adapted.append(plain_modulation(states, F.linear(F.linear(rows, A), B), adapter.low_dims, heads_axis, adapter.alpha))
     return adapted
 
 

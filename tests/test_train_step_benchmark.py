@@ -93,6 +93,7 @@ def test_interleaved_variants_train_as_they_would_alone(config_dir):
     for variant in variants:
         steps = timings[variant]["steps"]
         assert len(steps) == 4 and all(step["ms"] > 0 and step["cpu_ms"] > 0 for step in steps), variant
+        assert all(isinstance(step["page_faults"], int) and step["page_faults"] >= 0 for step in steps), variant
         if variant != "lora":
             expected = alone(args, variant, 5)[1:]  # the first step is the untimed warm-up
             assert [step["loss"] for step in steps] == pytest.approx(expected, rel=1e-6, abs=0), variant
@@ -131,8 +132,8 @@ def test_a_variant_runs_in_its_own_process(config_dir):
 def fake_result(variant: str, ms: list[float], scoring: list[bool] | None = None, peak: float = 100.0, selector_ms: float = 0.0):
     scoring = scoring or [False] * len(ms)
     return {"variant": variant, "trainable": 10, "peak_mib": peak, "in_use_before_mib": 40.0, "selections": [],
-            "steps": [{"ms": m, "cpu_ms": m / 2, "scoring": s, "selector_ms": selector_ms, "lowest": None}
-                      for m, s in zip(ms, scoring)]}
+            "steps": [{"ms": m, "cpu_ms": m / 2, "page_faults": 7 * i, "scoring": s, "selector_ms": selector_ms,
+                       "lowest": None} for i, (m, s) in enumerate(zip(ms, scoring))]}
 
 
 def test_dls_step_is_the_steady_state_over_a_run():
@@ -141,6 +142,7 @@ def test_dls_step_is_the_steady_state_over_a_run():
     assert summary["non_scoring_ms"] == 10 and summary["scoring_ms"] == 30.5
     assert summary["step_ms"] == pytest.approx((4 * 10 + 30.5) / 5)
     assert summary["selector_ms"] == 0.5 and summary["train_mib"] == 60.0
+    assert summary["page_faults"] == 14  # the median of 0, 7, 14, 21, 28
     assert train_step.summarise(result, run_interval=5, clock="cpu")["step_ms"] == pytest.approx((4 * 5 + 15.25) / 5)
 
 

@@ -121,8 +121,8 @@ def activation_bytes_per_token(shape: Shape, adapter: Adapter, element: int) -> 
         kept += h * fp32  # the hidden state in the adapter's dtype, input of every target's signal
         for target in adapter.roae_targets:
             low = adapter.low_dims * (shape.query_heads if target == "q" else shape.key_heads)
-            kept += adapter.roae_rank * fp32 + low * fp32  # A's output; the signal before SiLU
-            kept += low * element + low * fp32  # the low-frequency slice and its scale
+            kept += adapter.roae_rank * fp32 + low * fp32  # A's output; the signal before SiLU (the scale is recomputed)
+            kept += low * element  # the low-frequency slice
     if adapter.lora_targets:
         widths = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h, "down_proj": f}
         inputs = {t: widths.get(t, h) for t in adapter.lora_targets}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rosa.roae.modulation import LowDims, scale_low_dims
@@ -86,9 +85,8 @@ class RoAE(nn.Module):
                     f"axis {heads_axis}, got states of shape {tuple(rotated.shape)}; rebuild the RoSA model after "
                     "changing the base model's config."
                 )
-            signal = F.silu(project(project(rows, parameters[A]), parameters[B])).view(*hidden.shape[:-1], *signal_shape)
-            scale = signal if self.alpha == 1.0 else self.alpha * signal  # x * 1.0 == x: the same bits, one kernel less
-            states[target] = scale_low_dims(rotated, scale, self.low, index, heads_axis)
+            signal = project(project(rows, parameters[A]), parameters[B]).view(*hidden.shape[:-1], *signal_shape)
+            states[target] = scale_low_dims(rotated, signal, self.alpha, self.low, index, heads_axis)
         return states["q"], states["k"]
 
 

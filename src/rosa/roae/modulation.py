@@ -1,4 +1,4 @@
-"""``Z_low + Z_low * scale`` on the low-frequency dims of rotated states, at the least memory traffic.
+"""``Z_low + Z_low * alpha * SiLU(signal)`` on the low-frequency dims of rotated states, at the least memory traffic.
 
 Per generated token and layer this runs twice (q and k) on states of one token, so its cost is
 mostly per-op overhead; in training it runs on every token and its cost is memory passes. Both
@@ -16,6 +16,7 @@ outputs and gradients are bitwise those of the plain autograd formulation.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
@@ -81,13 +82,15 @@ def _as_runs(dims: list[int], dim: int) -> tuple[int, int, int, int, int] | None
 
 
 def scale_low_dims(
-    states: torch.Tensor, scale: torch.Tensor, low: LowDims, index: torch.Tensor | None, heads_axis: int
+    states: torch.Tensor, signal: torch.Tensor, alpha: float, low: LowDims, index: torch.Tensor | None, heads_axis: int
 ) -> torch.Tensor:
-    """``states`` with its low dims ``x`` replaced by ``x + x * scale`` (``scale`` shaped like
-    ``low.read(states, index, heads_axis)``). Without autograd the result is written into ``states`` itself
-    when it is a fresh tensor (what a rotary function returns), so generation copies nothing but the low dims."""
-    if torch.is_grad_enabled() and (states.requires_grad or scale.requires_grad):
-        return _ScaleLowDims.apply(states, scale, low, index, heads_axis)
+    """``states`` with its low dims ``x`` replaced by ``x + x * scale``, ``scale = alpha * SiLU(signal)`` (``signal``,
+    the projections' output before the SiLU, shaped like ``low.read(states, index, heads_axis)``). Without autograd
+    the result is written into ``states`` itself when it is a fresh tensor (what a rotary function returns), so
+    generation copies nothing but the low dims."""
+    if torch.is_grad_enabled() and (states.requires_grad or signal.requires_grad):
+        return _ScaleLowDims.apply(states, signal, alpha, low, index, heads_axis)
+    scale = _scale_of(signal, alpha)
     out = states if _writable(states) else states.clone()
     if low.runs is None:
         low.write_(out, index, _scaled(low.read(out, index, heads_axis), scale), heads_axis)
@@ -97,6 +100,11 @@ def scale_low_dims(
         view = low.read(out, index, heads_axis)
         view.add_(view * scale)
     return out
+
+
+def _scale_of(signal: torch.Tensor, alpha: float) -> torch.Tensor:
+    scale = F.silu(signal)
+    return scale if alpha == 1.0 else alpha * scale  # x * 1.0 == x: the same bits, one kernel less
 
 
 def _writable(states: torch.Tensor) -> bool:
@@ -119,36 +127,44 @@ class _ScaleLowDims(torch.autograd.Function):
     states per call (the incoming gradient with the low dims zeroed, and the low dims scattered into
     zeros) and sum them in a third pass; here the states' gradient is one copy of the incoming
     gradient with its low dims rescaled, since ``d out / d low = 1 + scale`` there and 1 elsewhere.
-    The forward writes into the freshly rotated states (``mark_dirty``) instead of into a full copy,
-    and keeps only the (small) original low dims for the backward.
+    The forward writes into the freshly rotated states (``mark_dirty``) instead of into a full copy.
+    What it keeps for the backward is small: the original low dims and the signal before the SiLU; the
+    scale is recomputed from the signal (two elementwise ops on the low dims) rather than kept beside it,
+    and the SiLU's and alpha's backward run here, as the same ops autograd would run (so the same bits).
     """
 
     @staticmethod
-    def forward(ctx, states, scale, low, index, heads_axis):
+    def forward(ctx, states, signal, alpha, low, index, heads_axis):
         in_place = _writable(states)
         out = states if in_place else states.clone()
         original = low.read(out, index, heads_axis)
         if ctx.needs_input_grad[1] and low.runs is not None:
             original = original.clone()  # the view is overwritten below
-        low.write_(out, index, _scaled(original, scale), heads_axis)
+        low.write_(out, index, _scaled(original, _scale_of(signal, alpha)), heads_axis)
         if in_place:
             ctx.mark_dirty(states)
-        ctx.low, ctx.heads_axis = low, heads_axis
-        ctx.save_for_backward(original if ctx.needs_input_grad[1] else None, scale, index)
+        ctx.alpha, ctx.low, ctx.heads_axis = alpha, low, heads_axis
+        ctx.save_for_backward(original if ctx.needs_input_grad[1] else None, signal, index)
         return out
 
     @staticmethod
     @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad):
-        original, scale, index = ctx.saved_tensors
-        low, heads_axis = ctx.low, ctx.heads_axis
+        original, signal, index = ctx.saved_tensors
+        alpha, low, heads_axis = ctx.alpha, ctx.low, ctx.heads_axis
         grad_low = low.read(grad, index, heads_axis)
-        grad_scale = grad_low.to(scale.dtype) * original.to(scale.dtype) if ctx.needs_input_grad[1] else None
+        grad_signal = None
+        if ctx.needs_input_grad[1]:
+            grad_scale = grad_low.to(signal.dtype) * original.to(signal.dtype)
+            grad_scale = grad_scale if alpha == 1.0 else grad_scale * alpha
+            # contiguous, as autograd's reshape back to the projection's rows made it: the SiLU's backward then
+            # runs the same (vectorised) loop over the same layout, which keeps its bits
+            grad_signal = torch.ops.aten.silu_backward(grad_scale.contiguous(), signal)
         grad_states = None
         if ctx.needs_input_grad[0]:
             grad_states = grad.clone()
-            low.write_(grad_states, index, _scaled(grad_low, scale), heads_axis)
-        return grad_states, grad_scale, None, None, None
+            low.write_(grad_states, index, _scaled(grad_low, _scale_of(signal, alpha)), heads_axis)
+        return grad_states, grad_signal, None, None, None, None
 
 
 def _scaled(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
