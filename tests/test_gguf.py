@@ -77,6 +77,24 @@ def test_rosa_info_reads_the_file_metadata_without_converting(tmp_path):
     assert "  heads             9 query / 3 key (as RoPE hands them to attention)" in lines
 
 
+def test_the_metadata_is_parsed_once_per_process_and_each_caller_gets_its_own_config(monkeypatch):
+    """rosa info and --match-params build the model on the meta device five times; the file is parsed once."""
+    from transformers import AutoConfig
+
+    from rosa.gguf import _gguf_config, gguf_config, gguf_source
+
+    _gguf_config.cache_clear()
+    parses = []
+    original = AutoConfig.from_pretrained.__func__
+    monkeypatch.setattr(AutoConfig, "from_pretrained", classmethod(lambda cls, *a, **k: parses.append(k) or original(cls, *a, **k)))
+    source = gguf_source(str(require(SMOLLM2_GGUF)))
+    first, second = gguf_config(source), gguf_config(source)
+    assert len(parses) == 1 and parses[0]["gguf_file"] == SMOLLM2_GGUF.name
+    assert first is not second and first.to_dict() == second.to_dict()
+    first.num_hidden_layers = 1  # a caller changing its config changes nobody else's
+    assert gguf_config(source).num_hidden_layers == 30 and len(parses) == 1
+
+
 def test_an_adapter_records_the_gguf_file_it_was_trained_on_and_refuses_another(smollm2, tmp_path):
     import json
 

@@ -10,6 +10,7 @@ reads that directory. ``--model`` may name the ``.gguf`` file or a directory hol
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -76,7 +77,17 @@ def _sha256(path: Path, size: int, mtime_ns: int) -> str:
 
 
 def gguf_config(source: GGUFSource, trust_remote_code: bool = False):
-    """The model's config, read from the file's metadata (no tensor is dequantised)."""
+    """The model's config, read from the file's metadata (no tensor is dequantised).
+
+    Parsed once per process for a file unchanged since, and handed out as a copy: the parse walks every
+    metadata field (SmolLM2's 49,152-token vocabulary takes about 6 s), and ``rosa info`` and
+    ``--match-params`` build the model on the meta device five times to count parameters at several ranks."""
+    stat = source.file.stat()
+    return copy.deepcopy(_gguf_config(source, stat.st_size, stat.st_mtime_ns, trust_remote_code))
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_config(source: GGUFSource, size: int, mtime_ns: int, trust_remote_code: bool):
     from transformers import AutoConfig
 
     with _explained(source):
