@@ -41,7 +41,7 @@ skip mode, where nothing else differs) amortised over `run_interval`, as a share
 Steps are timed by the wall clock (the default) and by the process's CPU time (`--clock cpu`,
 which leaves out time spent waiting for a core on a shared machine). Each step also records the
 process's minor page faults: on a CPU, glibc's allocator hands large freed buffers back to the kernel
-and faults them in again on the next step, which cost a sixth of SmolLM2's step on the VM of
+and faults them in again on the next step, which cost 7%-14% of SmolLM2's step on the VM of
 docs/training-cost.md and moves with every megabyte a variant keeps for its backward.
 """
 
