@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from transformers import DynamicCache
@@ -24,9 +23,9 @@ from transformers import DynamicCache
 from rosa import RoSAConfig, get_rosa_model
 from rosa.roae.layer import RoAE
 
-from generation import randomize
+from generation import DEFAULT_MODEL, MODEL_HELP, randomize
 from host import cpu_machine
-from train_step import SHAPES, build_base, shared_copy
+from train_step import build_base, shared_copy
 
 CONTEXT = 60
 
@@ -60,8 +59,7 @@ def adapter_alone(adapter: RoAE, batch: int, dtype: torch.dtype, calls: int = 20
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(Path("..") / "shared" / "models" / "SmolLM2-135M-Instruct-GGUF"),
-                        help=f"a local model (directory or GGUF file), or {' | '.join(SHAPES)} (that shape with random weights)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")

@@ -46,6 +46,7 @@ from host import cpu_machine
 from train_step import SHAPES, build_base, shared_copy
 
 DEFAULT_MODEL = "../shared/models/SmolLM2-135M-Instruct-GGUF"
+MODEL_HELP = f"a local model (directory or GGUF file), or {' | '.join(SHAPES)} (that shape with random weights)"
 
 PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
           "### Instruction:\nPlease answer the following question with true or false. Question: is the sky blue "
@@ -136,8 +137,7 @@ def with_static_cache(config: GenerationConfig) -> GenerationConfig:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a local model (directory or GGUF file), or {' | '.join(SHAPES)} "
-                        "(that shape with random weights)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--tokenizer", help="the prompts' tokenizer (default: the model's; for a shape, the default model's)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-sizes", default="1,8")

@@ -234,7 +234,8 @@ def timed_step(trainee: Trainee, input_ids: torch.Tensor, device: torch.device) 
         optimizer.zero_grad(set_to_none=True)
     sync(device)
     record = {"ms": 1e3 * (time.perf_counter() - wall), "cpu_ms": 1e3 * (time.process_time() - cpu),
-              "page_faults": None if faults is None else minor_faults() - faults, "selector_ms": 1e3 * selector_s, "scoring": scoring, "lowest": lowest, "loss": loss.item()}
+              "page_faults": None if faults is None else minor_faults() - faults, "selector_ms": 1e3 * selector_s,
+              "scoring": scoring, "lowest": lowest, "loss": loss.item()}
     if trainee.variant == "dls-freeze-top":
         pin_to_top(selector)
     return record
