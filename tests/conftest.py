@@ -18,6 +18,11 @@ TINYSTORIES = SHARED / "models" / "TinyStories-656K"
 SMOLLM2_GGUF = SHARED / "models" / "SmolLM2-135M-Instruct-GGUF" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DATA = SHARED / "data" / "llm-adapters"
 
+# The suite runs in pytest-xdist workers (pyproject.toml): each takes an equal share of the cores for
+# torch's threads, so that together they do not oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 VOCAB = 97
 COMMON = dict(
     vocab_size=VOCAB,

@@ -8,16 +8,33 @@ import sys
 import pytest
 import transformers as T
 
+from rosa.cli import main
+
 from conftest import STORIES, require, tiny_config
 from processes import HANG_GUARD
 
 
-def rosa(*args):
+def console(*args):
+    """``rosa ARGS`` as a user types it: the console script in a process of its own."""
     return subprocess.run([sys.executable, "-m", "rosa.cli", *args], capture_output=True, text=True, timeout=HANG_GUARD)
 
 
+@pytest.fixture
+def rosa(capsys):
+    """``rosa ARGS`` run by the console script's ``main`` in this process (a process of its own would spend
+    seconds importing torch for a command that takes a fraction of one): its exit code and what it printed."""
+
+    def run(*args):
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
 def test_info_reports_geometry_and_the_trainable_count_of_a_real_model():
-    result = rosa("info", str(require(STORIES)), "--targets", "q,k")
+    result = console("info", str(require(STORIES)), "--targets", "q,k")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "  low-frequency     pairs [3] -> dims [3, 7]  (r_low=0.25)" in lines
@@ -27,20 +44,20 @@ def test_info_reports_geometry_and_the_trainable_count_of_a_real_model():
     assert any(line.startswith("trainable params: 6,080 ||") for line in lines)
 
 
-def test_info_refuses_a_model_without_rope_with_exit_code_2(tmp_path):
+def test_info_refuses_a_model_without_rope_with_exit_code_2(tmp_path, rosa):
     T.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=2).save_pretrained(tmp_path)
     result = rosa("info", str(tmp_path))
     assert result.returncode == 2
     assert "model type 'gpt2' has no rotary position embedding" in result.stderr
 
 
-def test_info_names_a_missing_model_directory(tmp_path):
+def test_info_names_a_missing_model_directory(tmp_path, rosa):
     result = rosa("info", str(tmp_path / "missing"))
     assert result.returncode == 2
     assert "does not exist" in result.stderr
 
 
-def test_info_works_on_a_partial_rotary_config(tmp_path):
+def test_info_works_on_a_partial_rotary_config(tmp_path, rosa):
     tiny_config("phi").save_pretrained(tmp_path)
     result = rosa("info", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -48,7 +65,7 @@ def test_info_works_on_a_partial_rotary_config(tmp_path):
     assert "  rotary            apply_rotary_pos_emb, rotate_half layout, 4 pairs = 8 of the 8 dims it receives (head dim 16)" in result.stdout.splitlines()
 
 
-def test_info_reports_one_shared_key_head_on_falcon_multi_query(tmp_path):
+def test_info_reports_one_shared_key_head_on_falcon_multi_query(tmp_path, rosa):
     T.FalconConfig(vocab_size=97, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, multi_query=True,
                    new_decoder_architecture=False).save_pretrained(tmp_path)
     result = rosa("info", str(tmp_path), "--targets", "q,k")
@@ -56,7 +73,7 @@ def test_info_reports_one_shared_key_head_on_falcon_multi_query(tmp_path):
     assert "  heads             4 query / 1 key (as RoPE hands them to attention)" in result.stdout.splitlines()
 
 
-def test_info_reports_the_interleaved_layout_and_its_dims(tmp_path):
+def test_info_reports_the_interleaved_layout_and_its_dims(tmp_path, rosa):
     T.CohereConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2).save_pretrained(tmp_path)
     result = rosa("info", str(tmp_path))
@@ -66,7 +83,7 @@ def test_info_reports_the_interleaved_layout_and_its_dims(tmp_path):
     assert "  low-frequency     pairs [6, 7] -> dims [12, 13, 14, 15]  (r_low=0.25)" in lines
 
 
-def test_info_refuses_gptj_with_the_true_reason(tmp_path):
+def test_info_refuses_gptj_with_the_true_reason(tmp_path, rosa):
     T.GPTJConfig(vocab_size=97, n_embd=64, n_layer=2, n_head=4, rotary_dim=8).save_pretrained(tmp_path)
     result = rosa("info", str(tmp_path))
     assert result.returncode == 2
@@ -86,7 +103,7 @@ def test_info_refuses_gptj_with_the_true_reason(tmp_path):
     ],
     ids=["dynamic", "longrope"],
 )
-def test_info_measures_rope_whose_frequencies_update_at_run_time_on_the_meta_device(config, tmp_path):
+def test_info_measures_rope_whose_frequencies_update_at_run_time_on_the_meta_device(config, tmp_path, rosa):
     """Dynamic NTK and LongRoPE update their frequencies inside the rotary embedding's forward, which
     cannot run on the meta device: rosa info computes them where the frequencies live."""
     config.save_pretrained(tmp_path)

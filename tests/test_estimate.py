@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import transformers as T
 
 from conftest import STORIES, require
-from processes import HANG_GUARD
+from rosa.cli import main
 from rosa.estimate import GIB, Adapter, Shape, activation_bytes_per_token, weight_bytes
 from rosa.loading import load_base_model
 from rosa.train.config import ExperimentConfig
@@ -90,19 +87,16 @@ def test_the_int8_weight_term_is_optimum_quantos_storage(real_smollm2, monkeypat
     assert weight_bytes(model, torch.float32, "int8") == pytest.approx(held, rel=0.01)
 
 
-def test_rosa_info_prints_the_estimate_for_rosa_and_matched_lora_on_a_7b_config(tmp_path):
+def test_rosa_info_prints_the_estimate_for_rosa_and_matched_lora_on_a_7b_config(tmp_path, capsys):
     # Llama-2-7B's shape: 6,738,415,616 parameters, so 12.55 GiB of bf16 weights
     T.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                   vocab_size=32000).save_pretrained(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "rosa.cli", "info", str(tmp_path), "--targets", "q,k", "--batch-size", "4",
-                             "--seq-len", "256"], capture_output=True, text=True, timeout=HANG_GUARD)
-    assert result.returncode == 0, result.stderr
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert main(["info", str(tmp_path), "--targets", "q,k", "--batch-size", "4", "--seq-len", "256"]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in printed.splitlines() if line.startswith("| ")}
     rosa, lora = rows["rosa (rank 8, q,k)"], next(v for k, v in rows.items() if k.startswith("lora (rank "))
     assert rosa[2] == lora[2] == f"{6_738_415_616 * 2 / GIB:.2f} GiB"
     assert float(lora[4].split()[0]) > 1.8 * float(rosa[4].split()[0])  # LoRA's dropout keeps fp32 input copies
-    quantized = subprocess.run([sys.executable, "-m", "rosa.cli", "info", str(tmp_path), "--targets", "q,k", "--quantize", "nf4"],
-                               capture_output=True, text=True, timeout=HANG_GUARD)
-    assert quantized.returncode == 0, quantized.stderr
-    nf4 = next(line.split(" | ") for line in quantized.stdout.splitlines() if line.startswith("| rosa"))
+    assert main(["info", str(tmp_path), "--targets", "q,k", "--quantize", "nf4"]) == 0
+    nf4 = next(line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| rosa"))
     assert float(nf4[2].split()[0]) < 0.3 * float(rosa[2].split()[0])  # 4.127 bits a decoder weight

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import SMOLLM2_GGUF, require
-from processes import HANG_GUARD
 from rosa import RoSAConfig, get_rosa_model
+from rosa.cli import main
 from rosa.loading import load_base_model, load_tokenizer
 
 
@@ -28,11 +25,6 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smollm2(cache):
     return load_base_model(str(require(SMOLLM2_GGUF)), precision="fp32", device=torch.device("cpu")).eval()
-
-
-def rosa(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "rosa.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=HANG_GUARD, env=env)
 
 
 def test_the_file_is_converted_once_and_its_directory_loads_the_same_model(smollm2, cache, monkeypatch):
@@ -67,12 +59,12 @@ def test_rosa_on_smollm2_is_the_base_model_at_initialisation(smollm2):
         model.unload()
 
 
-def test_rosa_info_reads_the_file_metadata_without_converting(tmp_path):
+def test_rosa_info_reads_the_file_metadata_without_converting(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "cache"
-    result = rosa("info", require(SMOLLM2_GGUF), env={**os.environ, "ROSA_CACHE_DIR": str(empty)})
-    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("ROSA_CACHE_DIR", str(empty))
+    assert main(["info", str(require(SMOLLM2_GGUF))]) == 0
     assert not empty.exists()  # nothing was dequantised or cached
-    lines = result.stdout.splitlines()
+    lines = capsys.readouterr().out.splitlines()
     assert "model type          llama  (30 layers, hidden 576)" in lines
     assert "  heads             9 query / 3 key (as RoPE hands them to attention)" in lines
 
@@ -127,13 +119,12 @@ def test_a_lora_run_on_a_gguf_base_records_the_file_and_its_adapter_refuses_anot
 
     from conftest import DATA, STORIES
     from rosa import AdapterLoadError
-    from rosa.cli import main as rosa_main
     from rosa.loading import load_adapter
 
     run = tmp_path / "run"
-    assert rosa_main(["train", "--model", str(require(SMOLLM2_GGUF)), "--method", "lora", "--data", "boolq",
-                      "--data-dir", str(require(DATA)), "--output-dir", str(run), "--max-steps", "1", "--max-samples", "4",
-                      "--batch-size", "4", "--precision", "fp32", "--report-to", "none"]) == 0
+    assert main(["train", "--model", str(require(SMOLLM2_GGUF)), "--method", "lora", "--data", "boolq",
+                 "--data-dir", str(require(DATA)), "--output-dir", str(run), "--max-steps", "1", "--max-samples", "4",
+                 "--batch-size", "4", "--precision", "fp32", "--report-to", "none"]) == 0
     record = json.loads((run / "adapter" / "base_model.json").read_text())
     digest = (cache / "gguf").iterdir().__next__().name
     assert record == {"gguf_file": SMOLLM2_GGUF.name, "gguf_sha256": digest}
