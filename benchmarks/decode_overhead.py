@@ -3,12 +3,15 @@ the base model, for RoSA, and for RoSA with its adapter math replaced by the ide
 module, the publication of the adapter and the rotary hook cost alone).
 
     python benchmarks/decode_overhead.py [--model GGUF_OR_DIR | qwen0.5b] [--dtype fp32|bf16] [--batch-size 1]
-                                         [--threads N] [--rounds 25] [--steps 10]
+                                         [--threads N] [--rounds 300] [--steps 1]
 
-The three variants run on the same weight tensors, in interleaved rounds; each round times ``--steps``
-decode steps of each, the cache cropped back after every step so all steps see the same context. The
-adapter's own operations are also timed alone in a loop, on the same shapes, which shows how much
-dearer they are inside a decode step, where the weight streaming leaves them cold.
+The variants run on the same weight tensors, in interleaved rounds; each round times ``--steps`` decode
+steps of each (one by default: alternating single steps cancels most of a shared machine's drift), the
+cache cropped back after every step so all steps see the same context. A second copy of the base (its own
+module objects and KV cache, the same weights) is timed as a variant too: its ratio to the base is this
+run's noise floor, and a RoSA ratio closer to 1 than that floor says nothing. The adapter's own
+operations are also timed alone in a loop, on the same shapes, which shows how much dearer they are
+inside a decode step, where the weight streaming leaves them cold.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1, help="decode steps per variant and round")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,22 +80,26 @@ def main(argv=None) -> None:
     layers = base.config.num_hidden_layers
     context = torch.randint(0, base.config.vocab_size, (args.batch_size, CONTEXT))
     token = torch.randint(0, base.config.vocab_size, (args.batch_size, 1))
+    control = shared_copy(base).eval()
     caches = {}
-    for name, model in (("base", base), ("rosa", rosa)):
+    for name, model in (("base", base), ("base, second copy", control), ("rosa", rosa)):
         caches[name] = DynamicCache(config=base.config)
         with torch.no_grad():
             model(input_ids=context, cache=caches[name], use_cache=True)
 
     modulate = RoAE.modulate
-    variants = {"base": (base, caches["base"], modulate), "rosa": (rosa, caches["rosa"], modulate),
+    variants = {"base": (base, caches["base"], modulate),
+                "base, second copy": (control, caches["base, second copy"], modulate),
+                "rosa": (rosa, caches["rosa"], modulate),
                 "rosa, adapter math skipped": (rosa, caches["rosa"], identity)}
     samples = {name: [] for name in variants}
+    warmup = max(1, args.rounds // 10)
     try:
-        for round_ in range(args.rounds + 1):
+        for round_ in range(warmup + args.rounds):
             for name, (model, cache, method) in variants.items():
                 RoAE.modulate = method
                 seconds = decode_steps(model, cache, token, args.steps)
-                if round_:  # the first round warms up
+                if round_ >= warmup:
                     samples[name].append(seconds)
     finally:
         RoAE.modulate = modulate
@@ -101,12 +108,16 @@ def main(argv=None) -> None:
     alone = adapter_alone(adapter, args.batch_size, base.dtype)
 
     print(f"model {args.model} ({args.dtype}), batch {args.batch_size}, {layers} layers, context {CONTEXT}, "
-          f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps")
+          f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps "
+          f"after {warmup} warm-up rounds")
     print(f"machine: {cpu_machine()}, torch {torch.__version__}")
     print(f"{'variant':>28} {'ms/step':>8} {'ratio':>7} {'µs/layer over base':>19}")
     for name, seconds in step.items():
         extra = (seconds - step["base"]) / layers * 1e6
         print(f"{name:>28} {seconds * 1e3:>8.2f} {seconds / step['base']:>6.3f}x {extra:>19.1f}")
+    floor = abs(step["base, second copy"] / step["base"] - 1)
+    print(f"noise floor of this run: the base's second copy reads {1 + floor:.3f}x or {1 - floor:.3f}x; ratios "
+          "within that of 1 are not resolved")
     inside = (step["rosa"] - step["rosa, adapter math skipped"]) / layers * 1e6
     print(f"\none layer's adapter math: {alone * 1e6:.1f} µs called alone in a loop, {inside:.1f} µs inside a decode step "
           f"({inside / (alone * 1e6):.1f}x)")

@@ -89,8 +89,12 @@ def test_decode_overhead_splits_rosas_cost_into_the_wrapper_and_the_adapter_math
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode_overhead.py"), "--model", TINY,
                              "--rounds", "2", "--steps", "2", "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    rows = dict(re.findall(r"^\s*(base|rosa|rosa, adapter math skipped)\s+[\d.]+\s+([\d.]+)x\s+-?[\d.]+$",
+    rows = dict(re.findall(r"^\s*(base|base, second copy|rosa|rosa, adapter math skipped)\s+[\d.]+\s+([\d.]+)x\s+-?[\d.]+$",
                            result.stdout, re.MULTILINE))
-    assert set(rows) == {"base", "rosa", "rosa, adapter math skipped"} and rows["base"] == "1.000"
+    assert set(rows) == {"base", "base, second copy", "rosa", "rosa, adapter math skipped"} and rows["base"] == "1.000"
+    above, below = map(float, re.search(r"noise floor of this run: the base's second copy reads ([\d.]+)x or ([\d.]+)x",
+                                        result.stdout).groups())
+    copy = float(rows["base, second copy"])  # the control's own ratio, rounded in its row
+    assert above == pytest.approx(max(copy, 2 - copy), abs=0.0015) and above + below == pytest.approx(2, abs=0.0015)
     assert "1 threads" in result.stdout
     assert re.search(r"one layer's adapter math: [\d.]+ µs called alone in a loop, -?[\d.]+ µs inside a decode step", result.stdout)
