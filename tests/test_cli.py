@@ -8,10 +8,9 @@ import sys
 import pytest
 import transformers as T
 
-from rosa.cli import main
-
 from conftest import STORIES, require, tiny_config
 from processes import HANG_GUARD
+from rosa.cli import main
 
 
 def console(*args):
