@@ -11,7 +11,10 @@ its layer count, sets the ratio. Its prompts are tokenized by ``--tokenizer`` (d
 
 RoSA and unmerged LoRA run on the base's own weight tensors (RoSA wraps the attention blocks, unmerged
 LoRA wraps the projections); merged LoRA is a second copy with the update folded in, so its ratio also
-shows what a fresh copy of the weights alone does to the time. Rounds are
+shows what a fresh copy of the weights alone does to the time. A second copy of the base (its own modules and
+caches, the same weight tensors and, under ``--compile``, the base's compiled code) runs as a control: it does the
+base's work exactly, so its ratio is the run's noise floor, and a ratio closer to 1 than that says nothing.
+Rounds are
 interleaved (each round times every variant once, in turn), and both the wall clock and the
 process's CPU time are recorded: on a shared machine a slow spell falls on all variants, and CPU
 time is what a busy neighbour disturbs least. Prefill is one forward pass over the prompt batch;
@@ -73,7 +76,8 @@ def variants(base, lora_rank: int) -> dict:
                                                       target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]))
     randomize(lora)
     merged = copy.deepcopy(lora).merge_and_unload()
-    return {"base": base, "rosa": rosa.eval(), "lora": lora.eval(), "lora-merged": merged.eval()}
+    return {"base": base, "base-copy": shared_copy(base).eval(), "rosa": rosa.eval(), "lora": lora.eval(),
+            "lora-merged": merged.eval()}
 
 
 def lora_rank_matching(base, rosa_params: int) -> int:
@@ -190,11 +194,11 @@ def main(argv=None) -> None:
           f"{args.rounds} interleaved rounds")
     machine = f"{cpu_machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     print(f"machine: {machine}\n")
-    print(f"{'batch':>5} {'decoding':>8} {'phase':>7} {'clock':>5} {'base s':>8} {'rosa':>7} {'lora':>7} {'merged':>7}")
+    print(f"{'batch':>5} {'decoding':>8} {'phase':>7} {'clock':>5} {'base s':>8} {'control':>8} {'rosa':>7} {'lora':>7} {'merged':>7}")
     for row in results:
         r = row["ratio_to_base"]
         print(f"{row['batch_size']:>5} {row['decoding']:>8} {row['phase']:>7} {row['clock']:>5} {row['seconds']['base']:>8.3f} "
-              f"{r['rosa']:>6.3f}x {r['lora']:>6.3f}x {r['lora-merged']:>6.3f}x")
+              f"{r['base-copy']:>7.3f}x {r['rosa']:>6.3f}x {r['lora']:>6.3f}x {r['lora-merged']:>6.3f}x")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"args": vars(args), "machine": machine, "rosa_params": rosa_params, "lora_rank": rank, "results": results,
