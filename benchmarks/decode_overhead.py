@@ -115,9 +115,9 @@ def main(argv=None) -> None:
     for name, seconds in step.items():
         extra = (seconds - step["base"]) / layers * 1e6
         print(f"{name:>28} {seconds * 1e3:>8.2f} {seconds / step['base']:>6.3f}x {extra:>19.1f}")
-    floor = abs(step["base, second copy"] / step["base"] - 1)
-    print(f"noise floor of this run: the base's second copy reads {1 + floor:.3f}x or {1 - floor:.3f}x; ratios "
-          "within that of 1 are not resolved")
+    control = step["base, second copy"] / step["base"]
+    print(f"noise floor of this run: the base's second copy reads {control:.3f}x; ratios within {abs(control - 1):.3f} "
+          "of 1 are not resolved")
     inside = (step["rosa"] - step["rosa, adapter math skipped"]) / layers * 1e6
     print(f"\none layer's adapter math: {alone * 1e6:.1f} µs called alone in a loop, {inside:.1f} µs inside a decode step "
           f"({inside / (alone * 1e6):.1f}x)")

@@ -12,10 +12,9 @@ its layer count, sets the ratio. Its prompts are tokenized by ``--tokenizer`` (d
 RoSA and unmerged LoRA run on the base's own weight tensors (RoSA wraps the attention blocks, unmerged
 LoRA wraps the projections); merged LoRA is a second copy with the update folded in, so its ratio also
 shows what a fresh copy of the weights alone does to the time. A second copy of the base (its own modules and
-caches, the same weight tensors and, under ``--compile``, the base's compiled code) runs as a control: it does the
-base's work exactly, so its ratio is the run's noise floor, and a ratio closer to 1 than that says nothing.
-Rounds are
-interleaved (each round times every variant once, in turn), and both the wall clock and the
+caches, the same weight matrices and, under ``--compile``, the base's compiled code) runs as a control: it does
+the base's work exactly, so its ratio is the run's noise floor, and a ratio closer to 1 than that says nothing.
+Rounds are interleaved (each round times every variant once, in turn), and both the wall clock and the
 process's CPU time are recorded: on a shared machine a slow spell falls on all variants, and CPU
 time is what a busy neighbour disturbs least. Prefill is one forward pass over the prompt batch;
 decode is ``generate`` starting from that prefill's KV cache (as ``rosa eval`` runs it), so the two
@@ -26,8 +25,8 @@ are printed as a check that the adapters act.
 with ``torch.compile`` (inductor, ``fullgraph=True``, static shapes) while the prefill runs eagerly. That
 is how transformers runs greedy decoding with a static cache (on GPUs by default); it runs beam search
 uncompiled, so the benchmark compiles the transformers model's forward itself (under a PeftModel, its
-base model's) for both, with transformers' own compiling off. Prefill is a generate of one token, decode
-the rest of a full generate. The first round of each variant and shape compiles and is left out.
+base model's) for both, with transformers' own compiling off. Prefill is a generate's time until the first
+token's logits, decode the rest of it. The first round of each variant and shape compiles and is left out.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ import statistics
 import time
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rosa import RoSAConfig, get_rosa_model
 from rosa.eval.generation import _prefill, generation_config
@@ -107,14 +106,29 @@ def measure(model, batch, config) -> dict:
 @torch.no_grad()
 @torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True)
 def measure_compiled(model, batch, config) -> dict:
-    """Generation with a static cache and a compiled forward: prefill is a generate of one token, decode
-    what a full generate takes beyond that. Each batch size and beam count is a graph of its own: the
-    recompile limit is raised to fit many, and reaching it raises rather than falling back to eager unseen."""
-    first = GenerationConfig(**{**config.to_diff_dict(), "max_new_tokens": 1, "min_new_tokens": 1})
-    prefill_wall, prefill_cpu, _ = timed(lambda: model.generate(**batch, generation_config=first))
-    total_wall, total_cpu, sequences = timed(lambda: model.generate(**batch, generation_config=config))
-    return {"prefill": (prefill_wall, prefill_cpu), "decode": (total_wall - prefill_wall, total_cpu - prefill_cpu),
+    """Generation with a static cache and a compiled forward, split inside one ``generate``: prefill lasts until
+    the first token's logits arrive, decode is the rest. Each batch size and beam count is a graph of its own:
+    the recompile limit is raised to fit many, and reaching it raises rather than falling back to eager unseen."""
+    first = _FirstLogits()
+    start = time.perf_counter(), time.process_time()
+    sequences = model.generate(**batch, generation_config=config, logits_processor=LogitsProcessorList([first]))
+    end = time.perf_counter(), time.process_time()
+    return {"prefill": tuple(f - s for f, s in zip(first.at, start)), "decode": tuple(e - f for e, f in zip(end, first.at)),
             "tokens": sequences[:, batch["input_ids"].shape[1]:].tolist()}
+
+
+class _FirstLogits(LogitsProcessor):
+    """Notes both clocks when ``generate`` hands over the first token's logits: where its prefill ends. Timing a
+    one-token ``generate`` apart and subtracting it from a full one, as before, could leave a decode time below
+    zero on a busy machine."""
+
+    def __init__(self):
+        self.at = None
+
+    def __call__(self, input_ids, scores):
+        if self.at is None:
+            self.at = time.perf_counter(), time.process_time()
+        return scores
 
 
 def compile_decode_steps(model, backend: str) -> None:

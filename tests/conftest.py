@@ -21,7 +21,8 @@ DATA = SHARED / "data" / "llm-adapters"
 # The suite runs in pytest-xdist workers (pyproject.toml): each takes an equal share of the cores for
 # torch's threads, so that together they do not oversubscribe the machine.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, usable // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 VOCAB = 97
 COMMON = dict(

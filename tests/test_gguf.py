@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -15,7 +14,7 @@ from rosa.loading import load_base_model, load_tokenizer
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """A cache of this module's own, set for this process and the CLI children."""
+    """A cache of this module's own, set for this process."""
     directory = tmp_path_factory.mktemp("rosa-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROSA_CACHE_DIR", str(directory))
