@@ -115,8 +115,8 @@ def main(argv=None) -> None:
     for name, seconds in step.items():
         extra = (seconds - step["base"]) / layers * 1e6
         print(f"{name:>28} {seconds * 1e3:>8.2f} {seconds / step['base']:>6.3f}x {extra:>19.1f}")
-    control = step["base, second copy"] / step["base"]
-    print(f"noise floor of this run: the base's second copy reads {control:.3f}x; ratios within {abs(control - 1):.3f} "
+    copy_ratio = step["base, second copy"] / step["base"]
+    print(f"noise floor of this run: the base's second copy reads {copy_ratio:.3f}x; ratios within {abs(copy_ratio - 1):.3f} "
           "of 1 are not resolved")
     inside = (step["rosa"] - step["rosa, adapter math skipped"]) / layers * 1e6
     print(f"\none layer's adapter math: {alone * 1e6:.1f} µs called alone in a loop, {inside:.1f} µs inside a decode step "

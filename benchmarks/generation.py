@@ -88,10 +88,16 @@ def lora_rank_matching(base, rosa_params: int) -> int:
     return max(1, round(rosa_params / per_rank))
 
 
+def clocks() -> tuple[float, float]:
+    """Both clocks every figure is taken by: the wall clock and the process's CPU time."""
+    return time.perf_counter(), time.process_time()
+
+
 def timed(function) -> tuple[float, float, object]:
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = clocks()
     result = function()
-    return time.perf_counter() - wall, time.process_time() - cpu, result
+    end_wall, end_cpu = clocks()
+    return end_wall - wall, end_cpu - cpu, result
 
 
 @torch.no_grad()
@@ -110,9 +116,9 @@ def measure_compiled(model, batch, config) -> dict:
     the first token's logits arrive, decode is the rest. Each batch size and beam count is a graph of its own:
     the recompile limit is raised to fit many, and reaching it raises rather than falling back to eager unseen."""
     first = _FirstLogits()
-    start = time.perf_counter(), time.process_time()
+    start = clocks()
     sequences = model.generate(**batch, generation_config=config, logits_processor=LogitsProcessorList([first]))
-    end = time.perf_counter(), time.process_time()
+    end = clocks()
     return {"prefill": tuple(f - s for f, s in zip(first.at, start)), "decode": tuple(e - f for e, f in zip(end, first.at)),
             "tokens": sequences[:, batch["input_ids"].shape[1]:].tolist()}
 
@@ -127,7 +133,7 @@ class _FirstLogits(LogitsProcessor):
 
     def __call__(self, input_ids, scores):
         if self.at is None:
-            self.at = time.perf_counter(), time.process_time()
+            self.at = clocks()
         return scores
 
 
