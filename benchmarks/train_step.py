@@ -8,6 +8,9 @@ Same model, batch, sequence length and (seeded) input ids for every variant:
 
 - floor: the frozen model, no trainable parameter, gradient flowing from the loss to the input
   embeddings; no adapter can be cheaper than this;
+- floor-copy: the control, the floor again on its own module objects (the same weight matrices): it does
+  exactly the floor's work, so its ratio to the floor is what the machine's noise alone produces in that
+  run, and a ratio closer to 1 than that says nothing;
 - lora / dora: peft with the project's LoRA defaults (`rosa train`'s targets, dropout, alpha/r), at
   the rank whose trainable count matches RoSA's (`rosa.train.methods.match_rank`);
 - roae: RoSA's adapter on every layer, no DLS;
@@ -79,7 +82,8 @@ from rosa.train.methods import apply_method, match_rank, trainable_parameters, w
 
 from host import cpu_machine
 
-VARIANTS = ("floor", "lora", "dora", "roae", "dls-skip", "dls-freeze", "dls-freeze-top")
+FLOORS = ("floor", "floor-copy")
+VARIANTS = (*FLOORS, "lora", "dora", "roae", "dls-skip", "dls-freeze", "dls-freeze-top")
 DLS_MODES = {"dls-skip": "skip", "dls-freeze": "freeze", "dls-freeze-top": "freeze"}
 METHODS = {"lora": "lora", "dora": "dora", "roae": "roae", **{variant: "rosa" for variant in DLS_MODES}}
 CLOCKS = {"wall": "ms", "cpu": "cpu_ms"}
@@ -140,7 +144,7 @@ def shared_copy(base: nn.Module) -> nn.Module:
 
 def build_variant(variant: str, args, base: nn.Module, rank: int | None) -> nn.Module:
     """The model ``variant`` trains; the floor is the frozen base itself."""
-    if variant == "floor":
+    if variant in FLOORS:
         return base.requires_grad_(False)
     return apply_method(base, experiment(args, METHODS[variant], rank))
 
@@ -199,7 +203,7 @@ def sync(device: torch.device) -> None:
 
 def loss_of(trainee: Trainee, input_ids: torch.Tensor) -> torch.Tensor:
     """The floor feeds embeddings that require grad, so backward runs all the way down to them."""
-    if trainee.variant == "floor":
+    if trainee.variant in FLOORS:
         embeddings = trainee.model.get_input_embeddings()(input_ids).requires_grad_(True)
         return trainee.forward(inputs_embeds=embeddings, labels=input_ids, use_cache=False).loss
     return trainee.forward(input_ids=input_ids, labels=input_ids, use_cache=False).loss
@@ -369,6 +373,11 @@ def freeze_break_even(summaries: dict) -> dict | None:
             "through": (low, top_low)}
 
 
+def noise_floor(summaries: dict) -> float:
+    """How far from 1 the control's ratio to the floor reads: the machine's noise in this run."""
+    return abs(summaries["floor-copy"]["step_ms"] / summaries["floor"]["step_ms"] - 1)
+
+
 def machine(args) -> str:
     if torch.device(args.device).type == "cuda":
         where = torch.cuda.get_device_name(args.device)
@@ -391,6 +400,8 @@ def print_report(args, budget: dict, summaries: dict, threads: int, checks: list
         print(f"{variant:<15}{s['trainable']:>10,d}{s['step_ms']:>10.1f}{s['peak_mib']:>10.0f}{s['train_mib']:>11.0f}"
               f"{s['step_ms'] / floor:>9.3f}{s['step_ms'] / lora:>8.3f}")
     print("step ms: median; for dls-* the steady state of that run. train MiB: peak minus memory in use before step 0.")
+    print(f"noise floor of this run: floor-copy reads {summaries['floor-copy']['step_ms'] / floor:.3f}x the floor; ratios "
+          f"within {noise_floor(summaries):.3f} of 1 are not resolved")
     if all(s["page_faults"] is not None for s in summaries.values()):
         print("minor page faults per step (median, the timing process): "
               + ", ".join(f"{variant} {s['page_faults']:,.0f}" for variant, s in summaries.items()))
@@ -423,7 +434,8 @@ def run_all(args) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "args": {k: v for k, v in vars(args).items() if k != "config_dir"}, "machine": machine(args),
-            "budget": budget, "summaries": summaries, "timings": timings, "memories": memories,
+            "budget": budget, "summaries": summaries, "noise_floor": noise_floor(summaries), "timings": timings,
+            "memories": memories,
             "goals": [{"goal": t, "passed": p, "measured": d} for t, p, d in checks]}, indent=1))
     print_report(args, budget, summaries, memories["floor"]["threads"], checks)
 

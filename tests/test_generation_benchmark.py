@@ -1,9 +1,10 @@
-"""benchmarks/generation.py: every variant timed per phase and clock, eager and compiled, on a tiny real Llama."""
+"""benchmarks/generation.py and decode_overhead.py: every variant timed, eager and compiled, on a tiny real Llama."""
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from conftest import REPO, STORIES, load_script, require
 
 generation = load_script("benchmarks/generation.py")
+decode_overhead = load_script("benchmarks/decode_overhead.py")
 TINY = str(REPO.parent / "shared" / "models" / "TinyStories-656K")
 VARIANTS = {"base", "base-copy", "rosa", "lora", "lora-merged"}
 
@@ -87,10 +89,12 @@ def test_compiled_timing_compiles_one_decode_graph_per_distinct_model_and_shape(
     torch._dynamo.reset()
 
 
-def test_decode_overhead_splits_rosas_cost_into_the_wrapper_and_the_adapter_math():
+def test_decode_overhead_splits_rosas_cost_into_the_wrapper_and_the_adapter_math(tmp_path):
     require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
+    out = tmp_path / "decode.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode_overhead.py"), "--model", TINY,
-                             "--rounds", "2", "--steps", "2", "--threads", "1"], capture_output=True, text=True, timeout=300)
+                             "--rounds", "2", "--steps", "2", "--threads", "1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = dict(re.findall(r"^\s*(base|base, second copy|rosa|rosa, adapter math skipped)\s+[\d.]+\s+([\d.]+)x\s+-?[\d.]+$",
                            result.stdout, re.MULTILINE))
@@ -100,3 +104,72 @@ def test_decode_overhead_splits_rosas_cost_into_the_wrapper_and_the_adapter_math
     assert control == rows["base, second copy"] and float(floor) == pytest.approx(abs(float(control) - 1), abs=0.0015)
     assert "1 threads" in result.stdout
     assert re.search(r"one layer's adapter math: [\d.]+ µs called alone in a loop, -?[\d.]+ µs inside a decode step", result.stdout)
+    report = json.loads(out.read_text())
+    assert set(report["ratio_to_base"]) == set(rows) and set(report["adapter_math_us"]) == {"alone", "inside_a_step"}
+    assert f"{report['ratio_to_base']['rosa']:.3f}" == rows["rosa"]
+
+
+
+def test_a_compiled_step_on_a_cropped_static_cache_is_the_eager_decode_step():
+    """``decode_overhead.py --compile`` times one compiled step over and over, cropping the static cache back after
+    each: every step must compute what eager decoding computes at that position, or it would time other work."""
+    require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
+    import torch
+    from transformers import DynamicCache
+
+    torch._dynamo.reset()
+    base = decode_overhead.build_base(TINY, "fp32", torch.device("cpu")).eval()
+    compiled = decode_overhead.shared_copy(base).eval()
+    generation.compile_decode_steps(compiled, "aot_eager")
+    context = torch.randint(0, base.config.vocab_size, (2, decode_overhead.CONTEXT), generator=torch.Generator().manual_seed(0))
+    token = context[:, -1:]
+    with torch.no_grad():
+        eager_cache = DynamicCache(config=base.config)
+        base(input_ids=context, cache=eager_cache, use_cache=True)
+        eager = base(input_ids=token, cache=eager_cache, use_cache=True).logits
+        static_cache = decode_overhead.new_cache(base.config, compiled=True)
+        compiled(input_ids=context, cache=static_cache, use_cache=True)
+        steps = []
+        for _ in range(3):
+            steps.append(compiled(input_ids=token, cache=static_cache, use_cache=True).logits)
+            static_cache.crop(-1)
+    assert static_cache.get_seq_length() == decode_overhead.CONTEXT
+    assert torch.equal(steps[0], steps[1]) and torch.equal(steps[0], steps[2])
+    # the static cache's attention masks its one spare slot where the dynamic cache has none: the same sums
+    # in another kernel, so close rather than equal
+    torch.testing.assert_close(steps[0], eager, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_decode_overhead_compiled_times_the_base_its_copy_and_rosa(tmp_path, capsys):
+    require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
+    import torch
+
+    torch._dynamo.reset()
+    out = tmp_path / "decode.json"
+    decode_overhead.main(["--model", TINY, "--rounds", "3", "--steps", "2", "--compile", "aot_eager", "--json", str(out)])
+    report = json.loads(out.read_text())
+    variants = {"base", "base, second copy", "rosa"}  # no wrapper to time apart: the adapter is inside the graph
+    assert set(report["ms_per_step"]) == set(report["ratio_to_base"]) == set(report["samples_ms"]) == variants
+    for variant, samples in report["samples_ms"].items():
+        assert len(samples) == 3 and report["ms_per_step"][variant] == pytest.approx(statistics.median(samples), abs=1e-3)
+    assert report["ratio_to_base"]["base"] == 1.0 and "adapter_math_us" not in report
+    assert report["noise_floor"] == pytest.approx(abs(report["ratio_to_base"]["base, second copy"] - 1))
+    assert report["args"]["compile"] == "aot_eager"
+    printed = capsys.readouterr().out
+    assert "compiled (aot_eager, static cache)" in printed and "adapter math" not in printed
+    torch._dynamo.reset()
+
+
+def test_decode_overhead_times_the_prefill_the_same_way_eagerly_only(tmp_path, capsys):
+    require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
+    out = tmp_path / "prefill.json"
+    decode_overhead.main(["--model", TINY, "--rounds", "2", "--prefill", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["ratio_to_base"]) == {"base", "base, second copy", "rosa", "rosa, adapter math skipped"}
+    assert report["args"]["prefill"] and set(report["adapter_math_us"]) == {"alone", "inside_a_step"}
+    printed = capsys.readouterr().out
+    assert "(fp32, prefill, eager)" in printed and "µs inside a prefill step" in printed
+    with pytest.raises(SystemExit) as refused:  # transformers compiles decode steps only
+        decode_overhead.main(["--model", TINY, "--prefill", "--compile"])
+    assert refused.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

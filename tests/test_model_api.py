@@ -84,7 +84,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(family, tokens):
     model.train()
     plain = _adapter_grads(model, tokens)
     model.gradient_checkpointing_enable()
-    assert model.base_model.is_gradient_checkpointing
+    assert model.base_model.is_activation_checkpointing  # transformers 6 drops the is_gradient_checkpointing alias
     checkpointed = _adapter_grads(model, tokens)
     assert plain.keys() == checkpointed.keys() and len(plain) == 12  # 3 layers x (q, k) x (A, B)
     for name in plain:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -88,7 +89,7 @@ def test_interleaved_variants_train_as_they_would_alone(config_dir):
     LoRA/DoRA are left out of the loss check: their dropout draws from the global generator, whose
     draws interleaving reorders."""
     args = train_step.parse_args([*TINY, "--steps", "4", "--dls-interval", "2", "--config-dir", config_dir])
-    variants = ("floor", "lora", "roae", "dls-skip", "dls-freeze", "dls-freeze-top")
+    variants = ("floor", "floor-copy", "lora", "roae", "dls-skip", "dls-freeze", "dls-freeze-top")
     timings = train_step.time_interleaved(args, variants, {"lora": 2})
     for variant in variants:
         steps = timings[variant]["steps"]
@@ -98,6 +99,9 @@ def test_interleaved_variants_train_as_they_would_alone(config_dir):
             expected = alone(args, variant, 5)[1:]  # the first step is the untimed warm-up
             assert [step["loss"] for step in steps] == pytest.approx(expected, rel=1e-6, abs=0), variant
     assert timings["floor"]["trainable"] == 0 and timings["floor"]["selections"] == []
+    # the control does the floor's work exactly, on its own modules
+    assert [step["loss"] for step in timings["floor-copy"]["steps"]] == [step["loss"] for step in timings["floor"]["steps"]]
+    assert timings["floor-copy"]["trainable"] == 0
     rosa_count = 8 * (8 * 128 + 8 * 4 * 8 + 8 * 128 + 8 * 2 * 8)  # RoAE only, no norm weight
     assert timings["roae"]["trainable"] == rosa_count
     freeze = timings["dls-freeze"]
@@ -181,3 +185,17 @@ def test_break_even_layer_of_freeze_is_on_the_line_through_its_two_selections():
     summaries["dls-freeze-top"]["step_ms"] = 66.0
     summaries["dls-freeze"]["lowest"] = [12]
     assert train_step.freeze_break_even(summaries) is None
+
+
+def test_the_report_states_the_runs_noise_floor_from_the_floors_copy(capsys):
+    results = {variant: fake_result(variant, [100.0]) for variant in train_step.VARIANTS}
+    results["floor-copy"] = fake_result("floor-copy", [103.0])
+    results.update({variant: fake_result(variant, [110.0, 130.0], [False, True]) for variant in train_step.DLS_MODES})
+    summaries = {variant: train_step.summarise(result, run_interval=5) for variant, result in results.items()}
+    summaries["dls-freeze"]["lowest"], summaries["dls-freeze-top"]["lowest"] = [0, 0], [4, 4]
+    assert train_step.noise_floor(summaries) == pytest.approx(0.03)
+    budget = {"rosa": 10, "lora": {"rank": 1, "trainable": 10}, "dora": {"rank": 1, "trainable": 10}}
+    train_step.print_report(train_step.parse_args(TINY), budget, summaries, 2, train_step.goals(summaries, 5))
+    printed = capsys.readouterr().out
+    assert re.search(r"^floor-copy\s+10\s+103\.0\s+100\s+60\s+1\.030\s+1\.030$", printed, re.MULTILINE)
+    assert "noise floor of this run: floor-copy reads 1.030x the floor; ratios within 0.030 of 1 are not resolved" in printed

@@ -95,10 +95,15 @@ def scale_low_dims(
     if low.runs is None:
         low.write_(out, index, _scaled(low.read(out, index, heads_axis), scale), heads_axis)
     else:
-        # x + x * scale without a copy of x: ``view * scale`` is computed in scale's dtype, and the in-place
-        # add computes in it too and rounds once to the states' dtype, so even a bf16 base gets _scaled's bits.
         view = low.read(out, index, heads_axis)
-        view.add_(view * scale)
+        if view.dtype == scale.dtype:
+            view.add_(view * scale)  # x + x * scale without a copy of x
+        else:
+            # A reduced-precision base: _scaled's arithmetic (computed in scale's dtype, rounded once on the way
+            # back) on a contiguous copy of the low dims. Mixed-dtype kernels on the strided view would cast
+            # through temporaries in both operations: 1.7x-1.9x this time at 60-480 rows, bf16 states.
+            wide = view.to(scale.dtype)
+            view.copy_(wide.add_(wide * scale))
     return out
 
 
