@@ -127,9 +127,13 @@ _OBSERVER = _BlockScoped("rosa_rotary_observer")
 
 
 def _wrap(original, name: str):
-    signature = inspect.signature(original)
+    """``original`` (the modeling file's rotary function, or its kernels module) followed by RoAE. It stays the
+    object called, so a hub kernel that ``kernels.kernelize`` put in its place still runs; its arguments are
+    named after the plain function's signature."""
+    plain = plain_function(original)
+    signature = inspect.signature(plain)
 
-    @functools.wraps(original)
+    @functools.wraps(plain)
     def apply_rotary_with_roae(q, k, cos, sin, *args, **kwargs):
         rotated_q, rotated_k = original(q, k, cos, sin, *args, **kwargs)
         if _NESTED.get():
@@ -163,14 +167,32 @@ def _wrap(original, name: str):
     return apply_rotary_with_roae
 
 
+def plain_function(rotary) -> Callable | None:
+    """The Python function behind a modeling file's rotary function, ``None`` if it is neither.
+
+    From transformers 5.25 on, with the ``kernels`` package (a dependency from then on), a function decorated with
+    ``@use_kernel_forward_from_hub`` (``apply_rotary_pos_emb`` of most families) is an ``nn.Module`` instance whose
+    forward calls the function, so a hub kernel can take its place; the function is the one its forward closes
+    over. Its signature (``q, k, cos, sin, ...``) is what tells RoAE the query from the key."""
+    if inspect.isfunction(rotary):
+        return rotary
+    if isinstance(rotary, nn.Module):
+        cells = getattr(type(rotary).forward, "__closure__", None) or ()
+        functions = [cell.cell_contents for cell in cells if inspect.isfunction(cell.cell_contents)]
+        if len(functions) == 1:
+            return functions[0]
+    return None
+
+
 def rotary_functions(attention: nn.Module) -> dict[str, Callable]:
-    """The rotary functions ``attention``'s forward calls, by name, unwrapped."""
+    """The rotary functions ``attention``'s forward calls, by name, as plain functions."""
     cls = type(attention)
     code = getattr(inspect.unwrap(cls.forward), "__code__", None)
     module = sys.modules[cls.__module__]
     names = [n for n in (code.co_names if code else ()) if n.startswith(ROTARY_FUNCTION_PREFIX)]
-    found = {n: getattr(module, n) for n in names if inspect.isfunction(getattr(module, n, None))}
-    return {n: getattr(f, "__rosa_original__", f) for n, f in found.items()}
+    found = {n: getattr(module, n, None) for n in names}
+    functions = {n: plain_function(getattr(f, "__rosa_original__", f)) for n, f in found.items()}
+    return {n: f for n, f in functions.items() if f is not None}
 
 
 def check_rotary_signature(attention: nn.Module) -> None:
