@@ -128,11 +128,10 @@ def main(argv=None) -> None:
         with torch.no_grad():
             model(input_ids=context, cache=cache, use_cache=True)
         steps[name] = functools.partial(decode_steps, model, cache, token)
-    variants = {name: (step, RoAE.modulate) for name, step in steps.items()}
+    modulate = RoAE.modulate
+    variants = {name: (step, modulate) for name, step in steps.items()}
     if not args.compile:
         variants["rosa, adapter math skipped"] = (steps["rosa"], identity)
-
-    modulate = RoAE.modulate
     samples = {name: [] for name in variants}
     warmup = max(1, args.rounds // 10)  # the first round compiles, under --compile
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging as std_logging
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
@@ -48,6 +49,7 @@ def test_a_rotary_function_turned_into_a_kernels_module_is_still_found_and_read_
     import torch
     from torch import nn
 
+    from rosa.roae import rotary_hook
     from rosa.roae.rotary_hook import ROTARY_SIGNATURE, _wrap, plain_function
 
     def apply_rotary_example(q, k, cos, sin, unsqueeze_dim=1):
@@ -68,6 +70,16 @@ def test_a_rotary_function_turned_into_a_kernels_module_is_still_found_and_read_
     q, k, cos = torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), torch.full((1, 2, 4), 2.0)
     rotated_q, _ = wrapped(q, k, cos, cos, unsqueeze_dim=2)  # nothing published: the module's result, unchanged
     assert Func.calls == 1 and torch.equal(rotated_q, apply_rotary_example(q, k, cos, cos, unsqueeze_dim=2)[0])
+    # the options are bound by the plain function's names, so unsqueeze_dim=2 still tells the heads axis (a
+    # (*args, **kwargs) signature would have dropped it, and RoAE would have scaled the wrong axis)
+    calls = []
+    token = rotary_hook._PROBE.set(calls)
+    try:
+        with pytest.raises(rotary_hook._ProbeFinished):
+            wrapped(q, k, cos, cos, unsqueeze_dim=2)
+    finally:
+        rotary_hook._PROBE.reset(token)
+    assert calls[0].heads_axis == 2 and calls[0].options == {"unsqueeze_dim": 2}
 
 
 def test_the_installed_transformers_rotary_functions_are_found_on_llama():
