@@ -4,7 +4,8 @@ a control copy of it, RoSA, and, eagerly, RoSA with its adapter math replaced by
 wrapper module, the publication of the adapter and the rotary hook cost alone).
 
     python benchmarks/decode_overhead.py [--model GGUF_OR_DIR | qwen0.5b] [--dtype fp32|bf16] [--batch-size 1]
-                                         [--threads N] [--rounds 300] [--steps 1] [--compile [BACKEND] | --prefill]
+                                         [--adapter-dtype float32|auto] [--threads N] [--rounds 300] [--steps 1]
+                                         [--compile [BACKEND] | --prefill]
                                          [--json out.json]
 
 The variants run on the same weight tensors, in interleaved rounds; each round times ``--steps`` decode
@@ -96,6 +97,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--adapter-dtype", default=RoSAConfig.adapter_dtype,
+                        help="RoSAConfig.adapter_dtype (auto: the base's dtype; default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--steps", type=int, default=1, help="steps per variant and round")
@@ -110,7 +113,10 @@ def main(argv=None) -> None:
 
     torch.manual_seed(0)
     base = build_base(args.model, args.dtype, torch.device("cpu")).eval()
-    rosa = get_rosa_model(shared_copy(base), RoSAConfig(targets=("q", "k"), init_seed=0))
+    config = RoSAConfig(targets=("q", "k"), init_seed=0, adapter_dtype=args.adapter_dtype)
+    rosa = get_rosa_model(shared_copy(base), config)
+    adapter = next(iter(rosa.roae_adapters().values()))
+    adapter_dtype = str(next(adapter.parameters()).dtype).removeprefix("torch.")
     randomize(rosa)
     rosa.eval()
     layers = base.config.num_hidden_layers
@@ -148,7 +154,8 @@ def main(argv=None) -> None:
 
     what = "prefill" if args.prefill else "decode"
     mode = f"compiled ({args.compile}, static cache)" if args.compile else "eager"
-    print(f"model {args.model} ({args.dtype}, {what}, {mode}), batch {args.batch_size}, {layers} layers, context {CONTEXT}, "
+    print(f"model {args.model} ({args.dtype}, adapter in {adapter_dtype}, {what}, {mode}), batch {args.batch_size}, "
+          f"{layers} layers, context {CONTEXT}, "
           f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps "
           f"after {warmup} warm-up rounds")
     print(f"machine: {cpu_machine()}, torch {torch.__version__}")
@@ -159,12 +166,12 @@ def main(argv=None) -> None:
     print(f"noise floor of this run: the base's second copy reads {copy_ratio:.3f}x; ratios within {abs(copy_ratio - 1):.3f} "
           "of 1 are not resolved")
     report = {"args": vars(args), "machine": cpu_machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "adapter_dtype": adapter_dtype,
               "layers": layers, "ms_per_step": {name: seconds * 1e3 for name, seconds in median.items()},
               "ratio_to_base": {name: seconds / median["base"] for name, seconds in median.items()},
               "noise_floor": abs(copy_ratio - 1),
               "samples_ms": {name: [round(s * 1e3, 3) for s in values] for name, values in samples.items()}}
     if not args.compile:
-        adapter = next(iter(rosa.roae_adapters().values()))
         alone = adapter_alone(adapter, args.batch_size, CONTEXT if args.prefill else 1, base.dtype) * 1e6
         inside = (median["rosa"] - median["rosa, adapter math skipped"]) / layers * 1e6
         print(f"\none layer's adapter math: {alone:.1f} µs called alone in a loop, {inside:.1f} µs inside a {what} step "

@@ -102,11 +102,25 @@ def test_decode_overhead_splits_rosas_cost_into_the_wrapper_and_the_adapter_math
     control, floor = re.search(r"noise floor of this run: the base's second copy reads ([\d.]+)x; ratios within ([\d.]+) of 1",
                                result.stdout).groups()
     assert control == rows["base, second copy"] and float(floor) == pytest.approx(abs(float(control) - 1), abs=0.0015)
-    assert "1 threads" in result.stdout
+    assert "1 threads" in result.stdout and "(fp32, adapter in float32, decode, eager)" in result.stdout
     assert re.search(r"one layer's adapter math: [\d.]+ µs called alone in a loop, -?[\d.]+ µs inside a decode step", result.stdout)
     report = json.loads(out.read_text())
     assert set(report["ratio_to_base"]) == set(rows) and set(report["adapter_math_us"]) == {"alone", "inside_a_step"}
     assert f"{report['ratio_to_base']['rosa']:.3f}" == rows["rosa"]
+
+
+def test_decode_overhead_builds_the_adapter_in_the_dtype_asked_for(tmp_path):
+    """``--adapter-dtype auto`` on a bf16 base times an adapter whose weights and math are bf16 (RoSAConfig's
+    ``auto``), not the default fp32 one, and the report says which it timed."""
+    require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
+    out = tmp_path / "decode.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode_overhead.py"), "--model", TINY,
+                             "--dtype", "bf16", "--adapter-dtype", "auto", "--prefill", "--rounds", "1", "--threads", "1",
+                             "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "(bf16, adapter in bfloat16, prefill, eager)" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["adapter_dtype"] == "bfloat16" and report["args"]["adapter_dtype"] == "auto"
 
 
 
@@ -169,7 +183,7 @@ def test_decode_overhead_times_the_prefill_the_same_way_eagerly_only(tmp_path, c
     assert set(report["ratio_to_base"]) == {"base", "base, second copy", "rosa", "rosa, adapter math skipped"}
     assert report["args"]["prefill"] and set(report["adapter_math_us"]) == {"alone", "inside_a_step"}
     printed = capsys.readouterr().out
-    assert "(fp32, prefill, eager)" in printed and "µs inside a prefill step" in printed
+    assert "(fp32, adapter in float32, prefill, eager)" in printed and "µs inside a prefill step" in printed
     with pytest.raises(SystemExit) as refused:  # transformers compiles decode steps only
         decode_overhead.main(["--model", TINY, "--prefill", "--compile"])
     assert refused.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
