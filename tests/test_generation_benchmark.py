@@ -109,19 +109,16 @@ def test_decode_overhead_splits_rosas_cost_into_the_wrapper_and_the_adapter_math
     assert f"{report['ratio_to_base']['rosa']:.3f}" == rows["rosa"]
 
 
-def test_decode_overhead_builds_the_adapter_in_the_dtype_asked_for(tmp_path):
+def test_decode_overhead_builds_the_adapter_in_the_dtype_asked_for(tmp_path, capsys):
     """``--adapter-dtype auto`` on a bf16 base times an adapter whose weights and math are bf16 (RoSAConfig's
     ``auto``), not the default fp32 one, and the report says which it timed."""
     require(REPO.parent / "shared" / "models" / "TinyStories-656K" / "model.safetensors")
     out = tmp_path / "decode.json"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode_overhead.py"), "--model", TINY,
-                             "--dtype", "bf16", "--adapter-dtype", "auto", "--prefill", "--rounds", "1", "--threads", "1",
-                             "--json", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "(bf16, adapter in bfloat16, prefill, eager)" in result.stdout
+    decode_overhead.main(["--model", TINY, "--dtype", "bf16", "--adapter-dtype", "auto", "--prefill", "--rounds", "1",
+                          "--json", str(out)])
+    assert "(bf16, adapter in bfloat16, prefill, eager)" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["adapter_dtype"] == "bfloat16" and report["args"]["adapter_dtype"] == "auto"
-
 
 
 def test_a_compiled_step_on_a_cropped_static_cache_is_the_eager_decode_step():
